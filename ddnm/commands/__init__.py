@@ -1,0 +1,1 @@
+"""Command groups of the `ddnm` command line (see ddnm/cli.py)."""

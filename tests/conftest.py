@@ -1,0 +1,18 @@
+"""Shared test fixtures: where the reference data lives, and small helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared" / "fixtures" / "reference"
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """The golden data produced with the authors' code (checked out beside this repository)."""
+    if not REFERENCE.is_dir():
+        raise FileNotFoundError(f"reference fixtures not found at {REFERENCE}")
+    return REFERENCE
