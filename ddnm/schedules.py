@@ -52,6 +52,16 @@ def linear_schedule(
     return Schedule(betas=betas, alpha_bar_table=torch.cumprod(one_minus_beta, dim=0))
 
 
+def check_travel(steps: int, travel_length: int, travel_repeat: int) -> None:
+    """Raise ValueError unless (travel_length, travel_repeat) is a valid time-travel setting."""
+    if travel_repeat < 1:
+        raise ValueError(f"travel_repeat must be >= 1, got {travel_repeat!r}")
+    if travel_length < 1 or (travel_repeat > 1 and travel_length >= steps):
+        raise ValueError(
+            f"travel_length must be in [1, steps - 1] = [1, {steps - 1}], got {travel_length!r}"
+        )
+
+
 def _raw_jumps(steps: int, travel_length: int, travel_repeat: int) -> list[int]:
     """Raw (unscaled) time sequence: descend from steps - 1 to -1, and at every jump point
     j in 0, L, 2L, ... below steps - L climb back L units, travel_repeat - 1 times."""
@@ -79,10 +89,7 @@ def timestep_pairs(
     """
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps must be in [1, {num_timesteps}], got {steps}")
-    if not 1 <= travel_length < max(steps, 2):
-        raise ValueError(f"travel_length must be in [1, steps - 1], got {travel_length}")
-    if travel_repeat < 1:
-        raise ValueError(f"travel_repeat must be >= 1, got {travel_repeat}")
+    check_travel(steps, travel_length, travel_repeat)
     skip = num_timesteps // steps
     raw = _raw_jumps(steps, travel_length, travel_repeat)
     scaled = [max(r * skip, -1) for r in raw]

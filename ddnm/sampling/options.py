@@ -1,0 +1,45 @@
+"""Sampler options: the knobs of DDNM / DDNM+ (paper Alg. 1-3), validated once at construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ddnm.schedules import check_travel
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """Settings of one DDNM / DDNM+ run.
+
+    steps:          number of sampling steps T' (skip = 1000 // steps; paper default 100).
+    eta:            share of fresh noise in each step, in [0, 1] (DDNM convention: the total noise
+                    level sqrt(1 - alpha_bar') is split into eta * fresh noise and
+                    sqrt(1 - eta^2) * predicted eps; 0 is deterministic).
+    sigma_y:        standard deviation of the measurement noise in pixel scale [0, 1], as
+                    the paper's command line takes it; the sampler works in [-1, 1] and uses
+                    2 * sigma_y.
+                    0 selects noise-free DDNM (Alg. 1), > 0 DDNM+ (Alg. 2, Eq. 17-19).
+    travel_length:  time-travel jump length l in sampling steps (1 with travel_repeat 1: no travel).
+    travel_repeat:  how often each stretch is sampled, r (r - 1 re-noising climbs per jump point).
+    """
+
+    steps: int = 100
+    eta: float = 0.85
+    sigma_y: float = 0.0
+    travel_length: int = 1
+    travel_repeat: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {self.eta!r}")
+        if not (math.isfinite(self.sigma_y) and self.sigma_y >= 0.0):
+            raise ValueError(f"sigma_y must be a finite number >= 0, got {self.sigma_y!r}")
+        check_travel(self.steps, self.travel_length, self.travel_repeat)
+
+    @property
+    def sigma_y_model(self) -> float:
+        """sigma_y on the model's [-1, 1] value scale."""
+        return 2.0 * self.sigma_y
