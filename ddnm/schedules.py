@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -47,7 +48,8 @@ def linear_schedule(
         raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
     if not 0.0 < beta_start <= beta_end < 1.0:
         raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
-    betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+    # numpy's linspace, as the reference: torch's differs in the last bit of some entries
+    betas = torch.from_numpy(np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64))
     one_minus_beta = 1.0 - torch.cat([torch.zeros(1), betas.float()])
     return Schedule(betas=betas, alpha_bar_table=torch.cumprod(one_minus_beta, dim=0))
 
