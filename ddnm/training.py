@@ -88,7 +88,7 @@ def load_images(folder: str | Path, min_size: int) -> list[Tensor]:
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    images = [torch.from_numpy(load_image(p)).permute(2, 0, 1).contiguous() for p in paths]
+    images = [torch.from_numpy(load_image(p).copy()).permute(2, 0, 1) for p in paths]
     for path, image in zip(paths, images, strict=True):
         if min(image.shape[1:]) < min_size:
             raise ValueError(f"image {path.name} is smaller than the crop size {min_size}")
@@ -144,7 +144,7 @@ def train_step(
     state.optimizer.step()
     update_ema(state.ema, state.model, options.ema_decay)
     state.step += 1
-    return float(loss)
+    return float(loss.detach())
 
 
 def save_checkpoint(state: TrainState, path: str | Path) -> None:
