@@ -1,0 +1,42 @@
+"""The diffusion networks DDNM runs on, their checkpoints and the denoiser adapters.
+
+    load_network(path, arch, config)   a network (guided-diffusion ADM UNet "adm", its noisy-image
+                                       classifier "adm_classifier", DDPM `Model` "ddpm")
+    as_denoiser(network, ...)          the sampler's `denoiser(x_t, t) -> eps` callable
+    load_registered(name, model_dir)   a registry model: (network, entry, checkpoint sha256)
+
+Names are imported lazily so that importing the command line does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "load_network": "ddnm.models.loading",
+    "build_network": "ddnm.models.loading",
+    "read_state_dict": "ddnm.models.loading",
+    "convert_checkpoint": "ddnm.models.loading",
+}
+
+if TYPE_CHECKING:
+    from ddnm.models.loading import (
+        build_network,
+        convert_checkpoint,
+        load_network,
+        read_state_dict,
+    )
+
+__all__ = [
+    "build_network",
+    "convert_checkpoint",
+    "load_network",
+    "read_state_dict",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ddnm.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
