@@ -12,7 +12,8 @@ constant tensors to match.
 SVD form (`SVDOperator`): A = U diag(s) Vᵀ with the coefficients laid out in the *spectral layout*,
 a tensor of x's shape (B, C, H, W). `V_t(x)` maps an image to its coefficients, `V(c)` back (V is
 orthogonal); `U_t(y)` maps a measurement into the spectral layout (zeros where s = 0) and `U(c)`
-back. `singular_values(shape)` is broadcastable to (C, H, W) with zeros on the null space. A and
+back. `singular_values(shape)` is broadcastable to (C, H, W) with zeros on the null space (to
+(B, C, H, W) for an operator with per-sample parameters, e.g. a batch of inpainting masks). A and
 A_pinv follow from these (Eq. 3 of the DDNM paper: A⁺ = V Σ⁺ Uᵀ), and DDNM+ uses them to scale the
 range-space correction per singular value (appendix I).
 """
@@ -75,7 +76,7 @@ class SVDOperator(LinearOperator):
 
     @abstractmethod
     def singular_values(self, shape: ImageShape) -> Tensor:
-        """Singular values s >= 0 for an image of `shape`, broadcastable to (C, H, W)."""
+        """Singular values s >= 0 for an image of `shape`, broadcastable to (C, H, W) (above)."""
 
     def A(self, x: Tensor) -> Tensor:
         s = self.singular_values(tuple(x.shape[1:])).to(x)  # type: ignore[arg-type]
