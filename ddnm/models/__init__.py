@@ -18,9 +18,12 @@ _EXPORTS = {
     "build_network": "ddnm.models.loading",
     "read_state_dict": "ddnm.models.loading",
     "convert_checkpoint": "ddnm.models.loading",
+    "as_denoiser": "ddnm.models.adapters",
+    "ClassifierGuidance": "ddnm.models.adapters",
 }
 
 if TYPE_CHECKING:
+    from ddnm.models.adapters import ClassifierGuidance, as_denoiser
     from ddnm.models.loading import (
         build_network,
         convert_checkpoint,
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "ClassifierGuidance",
+    "as_denoiser",
     "build_network",
     "convert_checkpoint",
     "load_network",

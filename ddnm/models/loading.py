@@ -24,10 +24,16 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ddnm.models.adm_classifier import classifier_from_config
 from ddnm.models.adm_unet import unet_from_config
+from ddnm.models.ddpm_unet import model_from_config
 
 Config = Mapping[str, object]
-BUILDERS: dict[str, Callable[[Config], nn.Module]] = {"adm": unet_from_config}
+BUILDERS: dict[str, Callable[[Config], nn.Module]] = {
+    "adm": unet_from_config,
+    "adm_classifier": classifier_from_config,
+    "ddpm": model_from_config,
+}
 PICKLE_SUFFIXES = (".pt", ".ckpt", ".pth")
 MAX_LISTED_KEYS = 40
 
