@@ -6,25 +6,31 @@ import torch
 from torch import Tensor
 
 
-def householder_basis(u: Tensor) -> Tensor:
-    """Orthogonal matrices Q (..., n, n) whose first column is u.
+def householder(u: Tensor) -> tuple[Tensor, Tensor]:
+    """The orthogonal Q = H · diag(flip) whose first column is u, in implicit form (v, flip).
 
-    u: (..., n), each a unit vector or zero (a zero u gives Q = I). Built from the reflection
-    H = I - 2 v vᵀ / vᵀv with v = u + sign(u_0) e_0 (stable: vᵀv >= 1), which maps e_0 to
-    -sign(u_0) u; the first column is then multiplied by -sign(u_0).
+    u: (..., n), each a unit vector or zero (a zero u gives Q = I). H = I - 2 v vᵀ is the
+    reflection with v ∝ u + sign(u_0) e_0 (stable: never near zero); it maps e_0 to -sign(u_0) u,
+    so flip = (-sign(u_0), 1, …, 1). Returns v (..., n) of unit norm and flip (..., n).
     """
-    n = u.shape[-1]
-    e0 = torch.zeros_like(u)
-    e0[..., 0] = 1.0
     sign = torch.where(u[..., :1] < 0, -1.0, 1.0).to(u)
-    v = u + sign * e0
-    H = (
-        torch.eye(n, dtype=u.dtype, device=u.device)
-        - 2.0 * v[..., :, None] * v[..., None, :] / (v * v).sum(-1)[..., None, None]
-    )
+    v = u.clone()
+    v[..., :1] += sign
     flip = torch.ones_like(u)
     flip[..., :1] = -sign
-    return H * flip[..., None, :]
+    return v / v.norm(dim=-1, keepdim=True), flip
+
+
+def reflect(v: Tensor, x: Tensor) -> Tensor:
+    """H x = x - 2 v (vᵀ x) over the last dim (v of unit norm)."""
+    return x - 2.0 * v * (v * x).sum(-1, keepdim=True)
+
+
+def householder_basis(u: Tensor) -> Tensor:
+    """The matrices Q (..., n, n) of `householder(u)`: orthogonal, first column u."""
+    v, flip = householder(u)
+    eye = torch.eye(u.shape[-1], dtype=u.dtype, device=u.device)
+    return (eye - 2.0 * v[..., :, None] * v[..., None, :]) * flip[..., None, :]
 
 
 def to_blocks(x: Tensor, bh: int, bw: int) -> Tensor:
