@@ -40,7 +40,7 @@ def to_tensor(image: np.ndarray) -> Tensor:
     """(H, W, 3) uint8 in [0, 255] -> (1, 3, H, W) float32 in [-1, 1]."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be a (H, W, 3) uint8 array, got {image.dtype} {image.shape}")
-    u = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    u = torch.from_numpy(np.array(image)).permute(2, 0, 1).float()
     return (u / 127.5 - 1.0).unsqueeze(0)
 
 

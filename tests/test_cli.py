@@ -1,0 +1,126 @@
+"""The `ddnm restore` and `ddnm train` commands, run in-process on real images and real files."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from ddnm.cli import main
+from ddnm.commands.restore import parse_op
+from ddnm.imaging import load_image
+from ddnm.models import load_network
+from tests.test_training import TINY
+
+
+@pytest.fixture(scope="module")
+def small_model(reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference's small guided UNet as a .safetensors file with its config in the header."""
+    config = json.loads((reference_dir / "models" / "guided_small_config.json").read_text())
+    state = torch.load(reference_dir / "models" / "guided_small_state_dict.pt", weights_only=True)
+    path = tmp_path_factory.mktemp("model") / "guided_small.safetensors"
+    metadata = {"arch": "adm", "config": json.dumps(config["create_model_kwargs"])}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 32 x 32 crop of a real photograph."""
+    path = tmp_path_factory.mktemp("images") / "astronaut.png"
+    Image.fromarray(skimage.data.astronaut()[330:362, 300:332]).save(path)
+    return path
+
+
+def test_parse_op() -> None:
+    assert parse_op("downsample:4") == {"op": "downsample", "factor": 4, "filter": "box"}
+    assert parse_op("downsample:2:bicubic")["filter"] == "bicubic"
+    assert parse_op("grayscale") == {"op": "grayscale"}
+    for bad in ("upsample:4", "downsample", "downsample:x", "grayscale:2"):
+        with pytest.raises(ValueError, match="--op"):
+            parse_op(bad)
+
+
+def test_restore_simulated_super_resolution(
+    small_model: Path, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.png"
+    argv = ["restore", str(photo), "--op", "downsample:4", "--simulate", "--steps", "5"]
+    assert main([*argv, "--model", str(small_model), "-o", str(out), "--seed", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert printed_consistency(printed) < 1e-4
+    assert re.search(r"PSNR [0-9.]+ dB, SSIM [0-9.]+", printed)
+    assert load_image(out).shape == load_image(photo).shape
+
+
+def test_restore_observation_and_evaluate(
+    small_model: Path, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    low = tmp_path / "low.png"
+    Image.fromarray(load_image(photo)).reduce(4).save(low)
+    out = tmp_path / "out.png"
+    argv = ["restore", str(low), "--op", "downsample:4", "--steps", "3", "--eta", "0"]
+    assert main([*argv, "--model", str(small_model), "-o", str(out), "--evaluate", str(photo)]) == 0
+    assert load_image(out).shape == (32, 32, 3)
+    assert "SSIM" in capsys.readouterr().out
+
+
+def printed_consistency(printed: str) -> float:
+    return float(re.search(r"\|\| = ([0-9.e+-]+)", printed).group(1))  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("op", ["grayscale", "denoise"])
+def test_restore_other_ops(
+    op: str, small_model: Path, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.png"
+    argv = ["restore", str(photo), "--op", op, "--simulate", "--steps", "3"]
+    assert main([*argv, "--model", str(small_model), "-o", str(out)]) == 0
+    assert printed_consistency(capsys.readouterr().out) < 1e-4
+    assert load_image(out).shape == (32, 32, 3)
+
+
+def test_restore_inpainting_with_a_mask(
+    small_model: Path, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mask = np.full((32, 32), 255, np.uint8)
+    mask[8:20, 10:24] = 0
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    argv = ["restore", str(photo), "--op", "inpaint", "--mask", str(tmp_path / "mask.png")]
+    argv += ["--simulate", "--steps", "3", "--model", str(small_model), "-o", str(out)]
+    assert main(argv) == 0
+    assert printed_consistency(capsys.readouterr().out) < 1e-4
+
+
+def test_restore_errors(small_model: Path, photo: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "out.png")
+    model = ["--model", str(small_model), "-o", out]
+    assert main(["restore", str(photo), "--op", "inpaint", *model]) == 2  # no --mask
+    assert main(["restore", str(photo), "--op", "downsample:3", "--simulate", *model]) == 2
+    assert main(["restore", str(photo), "--op", "denoise", "--steps", "0", *model]) == 2
+    assert not Path(out).exists()
+
+
+@pytest.mark.slow
+def test_train_then_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "images"
+    data.mkdir()
+    Image.fromarray(skimage.data.rocket()).resize((48, 32)).save(data / "rocket.png")
+    Image.fromarray(skimage.data.coffee()).resize((48, 32)).save(data / "coffee.jpg")
+    common = ["train", "--data", str(data), "--out", str(tmp_path / "run")]
+    common += ["--config", json.dumps(TINY), "--batch-size", "2", "--seed", "5"]
+    assert main([*common, "--steps", "2"]) == 0
+    assert main([*common, "--steps", "3", "--resume"]) == 0
+    assert "2 images" in capsys.readouterr().out
+    rows = (tmp_path / "run" / "loss.csv").read_text().splitlines()
+    assert rows[0] == "step,loss" and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    network = load_network(tmp_path / "run" / "ema.safetensors", arch="adm", config=TINY)
+    assert sum(p.numel() for p in network.parameters()) > 0
