@@ -1,0 +1,208 @@
+"""Job records in Redis, shared by the API (which creates and cancels jobs) and the workers (which
+run them). Pure layout and one atomic status-change script; each side brings its own client
+(`redis.Redis` in the worker, `redis.asyncio.Redis` in the API).
+
+Keys (prefix `ddnm:`), all of one job expiring together `job_ttl_s` after it ends:
+    job:{id}             hash: the record (FIELDS below)
+    job:{id}:image       bytes of the uploaded image
+    job:{id}:mask        bytes of the uploaded mask (inpainting only)
+    job:{id}:result      PNG bytes of the restoration
+    job:{id}:events      stream of {"event": "status" | "progress", "data": JSON}; the stream ids
+                         are the server-sent-event ids, so a client resumes with Last-Event-ID
+    idempotency:{key}    "{job id} {payload sha256}"
+    worker:{id}          JSON heartbeat of one worker process, expiring after HEARTBEAT_MISSES beats
+    models               hash: model name -> JSON ModelInfo, written by workers at start-up
+    metrics:jobs         hash: status -> number of jobs that entered it
+    metrics:{histogram}  hash: "le:{bound}" -> cumulative count, "count", "sum"
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+
+PREFIX = "ddnm:"
+TASK_NAME = "ddnm.restore"
+HEARTBEAT_MISSES = 3
+MAX_EVENTS = 2000  # per job; progress is throttled well below this
+
+# Celery settings both ends of the queue must share: JSON only, nothing pickled.
+CELERY_WIRE = {
+    "task_serializer": "json",
+    "accept_content": ["json"],
+    "result_serializer": "json",
+    "task_ignore_result": True,
+}
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Status.SUCCEEDED, Status.FAILED, Status.CANCELED)
+
+
+class JobRecord(BaseModel):
+    """The fields of a job's hash. The API writes the first group when it admits the job, the
+    worker the rest as the job runs (through `transition` and progress updates)."""
+
+    status: Status
+    created_at: float
+    spec: str  # the resolved TaskSpec as JSON (model and seed filled in)
+    model: str
+    seed: int
+    upload_sha256: str
+    cancel_requested_at: float | None = None
+
+    worker: str | None = None
+    attempts: int = 0
+    checkpoint_sha256: str | None = None
+    started_at: float | None = None
+    step: int = 0
+    total: int = 0
+    eta_s: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    consistency: float | None = None  # ||A x - y|| / ||y|| of the result
+    psnr: float | None = None  # evaluate mode: against the uploaded clean image
+    ssim: float | None = None
+
+    @classmethod
+    def from_redis(cls, fields: dict[Any, Any]) -> JobRecord:
+        """From HGETALL's answer (bytes or str keys and values)."""
+        text = {as_text(k): as_text(v) for k, v in fields.items()}
+        return cls.model_validate({k: v for k, v in text.items() if v != ""})
+
+    def to_redis(self) -> dict[str, str]:
+        return {k: str(v) for k, v in self.model_dump(exclude_none=True).items()}
+
+
+def as_text(value: bytes | str) -> str:
+    """A Redis reply as str (clients answer bytes unless decode_responses is set)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class ModelInfo(BaseModel):
+    """A model as a worker serves it (published under `models` and in each heartbeat)."""
+
+    name: str
+    checkpoint_sha256: str
+    image_size: int
+    class_conditional: bool = False
+    classifier: bool = False
+
+
+class Heartbeat(BaseModel):
+    """A worker process's state: `ready` once its model is loaded, else `message` says why not."""
+
+    worker: str
+    model: str
+    ready: bool
+    message: str = ""
+    info: ModelInfo | None = None
+    device: str = ""
+    job: str | None = None
+    at: float
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A Prometheus histogram kept in a Redis hash: cumulative counts under "le:{bound}",
+    and "count" and "sum" (workers observe, the API renders)."""
+
+    name: str
+    help: str
+    bounds: tuple[float, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{PREFIX}metrics:{self.name}"
+
+    def fields(self, value: float) -> list[str]:
+        """The bucket fields an observation of `value` increments."""
+        return [f"le:{b}" for b in self.bounds if value <= b] + ["count"]
+
+
+STEP_SECONDS = Histogram(
+    "ddnm_step_seconds",
+    "Seconds per sampler transition.",
+    (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+JOB_SECONDS = Histogram(
+    "ddnm_job_duration_seconds",
+    "Seconds from a job's start on a worker to its end.",
+    (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0),
+)
+
+
+def queue_name(model: str) -> str:
+    """The Celery queue of the workers serving `model`."""
+    return f"ddnm.restore.{model}"
+
+
+def job_key(job_id: str, part: str = "") -> str:
+    """Key of a job's record, or of one of its parts: image, mask, result, events."""
+    return f"{PREFIX}job:{job_id}" + (f":{part}" if part else "")
+
+
+JOB_PARTS = ("image", "mask", "result", "events")
+IDEMPOTENCY_KEY = PREFIX + "idempotency:{}"
+WORKER_KEY = PREFIX + "worker:{}"
+MODELS_KEY = PREFIX + "models"
+JOBS_COUNTER_KEY = PREFIX + "metrics:jobs"
+
+
+# Atomic status change. KEYS: job hash, events stream, status counter, then the parts that expire
+# with the job. ARGV: new status, allowed current statuses (space separated), TTL seconds (0 keeps
+# the keys as they are), event JSON, max events, then field/value pairs to set.
+# Returns {1, previous status} when applied, {0, current status or ""} when not.
+_TRANSITION_LUA = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return {0, ''} end
+local allowed = false
+for s in string.gmatch(ARGV[2], '%S+') do
+  if s == current then allowed = true end
+end
+if not allowed then return {0, current} end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], unpack(ARGV, 6))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event', 'status', 'data', ARGV[4])
+redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  for i, key in ipairs(KEYS) do
+    if i ~= 3 then redis.call('EXPIRE', key, ttl) end
+  end
+end
+return {1, current}
+"""
+
+
+def transition(
+    client: Any,
+    job_id: str,
+    status: Status,
+    allowed_from: tuple[Status, ...],
+    ttl_s: int = 0,
+    **fields: str | int | float,
+) -> Any:
+    """Move a job to `status` if it is in one of `allowed_from`: set `fields`, append a status
+    event, count it, and when ttl_s > 0 let the job's keys expire after ttl_s seconds.
+
+    Works with a sync or an asyncio Redis client (await the result with the latter); the result
+    is [applied (0/1), previous or current status].
+    """
+    keys = [job_key(job_id), job_key(job_id, "events"), JOBS_COUNTER_KEY]
+    keys += [job_key(job_id, part) for part in JOB_PARTS if part != "events"]
+    event = json.dumps({"status": status.value, **fields})
+    pairs = [str(v) for item in fields.items() for v in item]
+    args = [status.value, " ".join(allowed_from), ttl_s, event, MAX_EVENTS, *pairs]
+    return client.eval(_TRANSITION_LUA, len(keys), *keys, *args)

@@ -1,0 +1,229 @@
+"""The task spec: one restoration job, as the API receives it and the worker runs it.
+
+A spec names the degradation chain in the order the degradations were applied to the clean image x
+(the worker composes the operators in that order), and the sampler settings (paper defaults:
+100 steps, eta 0.85, no time travel, sigma_y = 0):
+
+    {"degradations": [{"op": "inpaint"}, {"op": "grayscale"},
+                      {"op": "downsample", "factor": 4, "filter": "box"}],
+     "sigma_y": 0.0, "steps": 100, "eta": 0.85, "travel": {"length": 1, "repeat": 1},
+     "seed": null, "model": null, "class_label": null, "guidance_scale": 0.0, "evaluate": false}
+
+Geometry: shapes are (C, H, W). x is the clean colour image (3, H, W); y the observation the chain
+makes of it, an image for every op but `cs` (whose coefficients are not an image, so a chain ending
+in `cs` needs evaluate mode). With `evaluate` the uploaded image is x itself: the worker applies the
+chain (adding sigma_y noise) and reports PSNR / SSIM of the restoration against it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Shape = tuple[int, int, int]  # (C, H, W)
+
+MAX_STEPS = 1000  # the schedules' T: at most one sampling step per diffusion timestep
+
+
+class _Op(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def apply(self, shape: Shape) -> Shape:
+        """Shape of this op's output for an input of `shape`; ValueError if it cannot take it."""
+        return shape
+
+
+class Downsample(_Op):
+    """Super-resolution: y is x reduced `factor` times by a box (block mean) or bicubic filter."""
+
+    op: Literal["downsample"]
+    factor: int = Field(ge=2, le=64)
+    filter: Literal["box", "bicubic"] = "box"
+
+    def apply(self, shape: Shape) -> Shape:
+        c, h, w = shape
+        if h % self.factor or w % self.factor:
+            raise ValueError(
+                f"downsample factor {self.factor} does not divide the image size {h}x{w}; "
+                f"use a factor that divides both sides"
+            )
+        return c, h // self.factor, w // self.factor
+
+
+class Blur(_Op):
+    """Deblurring: y is x blurred (zero boundary, same size) by a separable kernel.
+
+    gaussian: std `sigma` pixels; uniform: a `size` x `size` box; anisotropic: an axis-aligned
+    Gaussian with stds `sigma_rows` (vertical) and `sigma_cols` (horizontal). `size` is the odd
+    side length (default: 2 * ceil(3 sigma) + 1 for Gaussians, 9 for the box).
+    """
+
+    op: Literal["blur"]
+    kernel: Literal["gaussian", "uniform", "anisotropic"] = "gaussian"
+    size: int | None = Field(default=None, ge=1, le=63)
+    sigma: float = Field(default=2.0, gt=0.0, le=10.0)
+    sigma_rows: float = Field(default=4.0, gt=0.0, le=10.0)
+    sigma_cols: float = Field(default=1.0, gt=0.0, le=10.0)
+
+    @model_validator(mode="after")
+    def _odd_size(self) -> Blur:
+        if self.size is not None and self.size % 2 == 0:
+            raise ValueError(f"blur size must be odd, got {self.size}")
+        return self
+
+
+class Grayscale(_Op):
+    """Colorization: y (1, H, W) is the mean of x's three channels."""
+
+    op: Literal["grayscale"]
+
+    def apply(self, shape: Shape) -> Shape:
+        if shape[0] != 3:
+            raise ValueError("grayscale needs a colour (3-channel) image; use it once per chain")
+        return 1, shape[1], shape[2]
+
+
+class Inpaint(_Op):
+    """Inpainting: y keeps the pixels where the uploaded mask is white (1 = known)."""
+
+    op: Literal["inpaint"]
+
+
+class CompressedSensing(_Op):
+    """Compressed sensing: keep a `ratio` of the orthonormal Walsh-Hadamard coefficients of the
+    whole image (H * W a power of two) or of each `block_size` x `block_size` tile."""
+
+    op: Literal["cs"]
+    ratio: float = Field(gt=0.0, le=1.0)
+    kind: Literal["walsh_hadamard", "block"] = "walsh_hadamard"
+    block_size: int = Field(default=32, ge=2, le=256)
+
+    @model_validator(mode="after")
+    def _power_of_two(self) -> CompressedSensing:
+        if not _power_of_two(self.block_size):
+            raise ValueError(f"cs block_size must be a power of two, got {self.block_size}")
+        return self
+
+    def apply(self, shape: Shape) -> Shape:
+        _, h, w = shape
+        n = h * w if self.kind == "walsh_hadamard" else self.block_size**2
+        if self.kind == "walsh_hadamard" and not _power_of_two(n):
+            raise ValueError(f"cs walsh_hadamard needs H * W a power of two, got {h}x{w}")
+        if self.kind == "block" and (h % self.block_size or w % self.block_size):
+            raise ValueError(
+                f"cs block_size {self.block_size} does not divide the image size {h}x{w}"
+            )
+        if self.ratio * n < 1:
+            raise ValueError(f"cs ratio {self.ratio} keeps no coefficient of {n}; use >= 1/{n}")
+        return shape
+
+
+def _power_of_two(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+class Denoise(_Op):
+    """Denoising: y = x + noise of std sigma_y (the operator is the identity)."""
+
+    op: Literal["denoise"]
+
+
+Degradation = Annotated[
+    Downsample | Blur | Grayscale | Inpaint | CompressedSensing | Denoise,
+    Field(discriminator="op"),
+]
+
+
+class Travel(BaseModel):
+    """Time travel (paper Sec. 3.4): jump back `length` steps, `repeat` - 1 extra times."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    length: int = Field(default=1, ge=1)
+    repeat: int = Field(default=1, ge=1, le=10)
+
+
+class TaskSpec(BaseModel):
+    """One restoration job (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    degradations: list[Degradation] = Field(min_length=1, max_length=8)
+    sigma_y: float = Field(default=0.0, ge=0.0, le=1.0, description="noise std, pixel scale [0, 1]")
+    steps: int = Field(default=100, ge=1, le=MAX_STEPS)
+    eta: float = Field(default=0.85, ge=0.0, le=1.0)
+    travel: Travel = Travel()
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    model: str | None = Field(default=None, min_length=1, max_length=100)
+    class_label: int | None = Field(default=None, ge=0, le=999)
+    guidance_scale: float = Field(default=0.0, ge=0.0, le=100.0)
+    evaluate: bool = False
+
+    @model_validator(mode="after")
+    def _check_chain(self) -> TaskSpec:
+        ops = [d.op for d in self.degradations]
+        for once in ("inpaint", "grayscale", "cs"):
+            if ops.count(once) > 1:
+                raise ValueError(f"{once} may appear once in degradations, got {ops.count(once)}")
+        if "cs" in ops and ops[-1] != "cs":
+            raise ValueError("cs must be the last degradation (its coefficients are not an image)")
+        if "cs" in ops and not self.evaluate:
+            raise ValueError(
+                "cs coefficients cannot be uploaded as an image: send the clean image with "
+                '"evaluate": true and the worker measures it'
+            )
+        if not _exact_chain(self.degradations):
+            chain = " -> ".join(ops)
+            raise ValueError(
+                f"no exact pseudo-inverse is known for the chain {chain}, and DDNM needs one: "
+                "besides grayscale and denoise, a chain may combine downsample and blur, or "
+                "inpaint and box downsample, or hold one other op"
+            )
+        # the rule of ddnm.schedules.check_travel
+        if self.travel.repeat > 1 and self.travel.length >= self.steps:
+            raise ValueError(
+                f"travel.length must be in [1, steps - 1] = [1, {self.steps - 1}], "
+                f"got {self.travel.length}"
+            )
+        if self.guidance_scale > 0 and self.class_label is None:
+            raise ValueError("guidance_scale > 0 needs a class_label to guide towards")
+        return self
+
+    @property
+    def has_mask(self) -> bool:
+        return any(d.op == "inpaint" for d in self.degradations)
+
+    def y_shape(self, x_shape: Shape) -> Shape:
+        """Shape of the observation of an image of x_shape; ValueError naming the op that
+        cannot take its input."""
+        shape = x_shape
+        for d in self.degradations:
+            shape = d.apply(shape)
+        return shape
+
+    def upload_shape(self, x_shape: Shape) -> Shape:
+        """Shape of the image to upload for a restoration of x_shape: x itself in evaluate mode,
+        else the observation y."""
+        y_shape = self.y_shape(x_shape)
+        return x_shape if self.evaluate else y_shape
+
+    def mask_size(self, x_shape: Shape) -> tuple[int, int] | None:
+        """(height, width) the inpainting mask must have (the image size where inpaint acts)."""
+        shape = x_shape
+        for d in self.degradations:
+            if d.op == "inpaint":
+                return shape[1], shape[2]
+            shape = d.apply(shape)
+        return None
+
+
+def _exact_chain(degradations: list[Degradation]) -> bool:
+    """Whether ddnm.operators.compose knows the chain's exact pseudo-inverse: grayscale acts on
+    channels and denoise is the identity; the spatial ops must fuse into one operator."""
+    spatial = [d for d in degradations if not isinstance(d, Grayscale | Denoise)]
+    separable = all(isinstance(d, Downsample | Blur) for d in spatial)
+    masked_pooling = all(
+        isinstance(d, Inpaint) or (isinstance(d, Downsample) and d.filter == "box") for d in spatial
+    )
+    return len(spatial) <= 1 or separable or masked_pooling

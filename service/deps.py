@@ -1,0 +1,22 @@
+"""Request dependencies, as `Annotated` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from contract.settings import Settings
+from service.jobs import JobStore
+
+
+def get_store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+StoreDep = Annotated[JobStore, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

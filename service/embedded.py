@@ -1,0 +1,211 @@
+"""The embedded default (`ddnm serve`): Redis, Celery workers and the API on one machine.
+
+`Stack` starts a private `redis-server` (from PATH) on a free loopback port with its data in a
+temporary folder, `workers` worker processes (`python -m worker`) and uvicorn, each in its own
+process group; `stop()` ends them in the reverse order (API, workers, Redis) and removes the
+folder, so jobs do not outlive the stack. The children read their settings from the environment
+(see the README, "Configuration"); the stack sets DDNM_REDIS_URL, and the model settings when none
+are given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+# until the project's own default model is registered: the small reference network (32x32)
+FIXTURE_MODELS = REPO.parent / "shared" / "fixtures" / "reference" / "models"
+FIXTURE_MODEL_ENV = {
+    "DDNM_MODEL": "guided-small-fixture",
+    "DDNM_MODEL_FILE": str(FIXTURE_MODELS / "guided_small_state_dict.pt"),
+    "DDNM_MODEL_CONFIG_FILE": str(FIXTURE_MODELS / "guided_small_config.json"),
+}
+STOP_GRACE_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not up after {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.killpg(process.pid, sig)
+
+
+class Stack:
+    """Redis + workers + API. `env` adds to / overrides the environment of the children; with
+    `log_dir` each child writes its output to `<log_dir>/<name>.log` instead of this terminal."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        workers: int = 1,
+        env: Mapping[str, str] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.host, self.port = host, port
+        self.n_workers = workers
+        self.env = dict(env or {})
+        self.log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: list[IO[bytes]] = []
+        self.tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def workers(self) -> list[str]:
+        return [name for name in self.processes if name.startswith("worker")]
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if "DDNM_MODEL" not in env and "DDNM_MODEL" not in self.env:
+            env |= FIXTURE_MODEL_ENV
+        return env | self.env
+
+    def spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:
+        out: IO[bytes] | None = None
+        if self.log_dir is not None:
+            out = (self.log_dir / f"{name}.log").open("ab")
+            self.logs.append(out)
+        self.processes[name] = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,  # signals from the terminal go to the stack, which orders them
+            cwd=REPO,
+        )
+
+    def start(self, ready_timeout_s: float = 120.0) -> None:
+        """Start everything and wait until /readyz answers 200 (a worker has its model)."""
+        redis_server = shutil.which("redis-server")
+        if redis_server is None:
+            raise FileNotFoundError("redis-server not found on PATH; install Redis 6 or newer")
+        self.tmp = tempfile.TemporaryDirectory(prefix="ddnm-serve-")
+        redis_port = free_port()
+        self.spawn(
+            "redis",
+            [
+                redis_server,
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                self.tmp.name,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            os.environ,
+        )
+        wait_for(lambda: port_open(redis_port), "redis-server", 10.0)
+        self.env["DDNM_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        for _ in range(self.n_workers):
+            self.add_worker()
+        self.spawn(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "service.main:create_app",
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+                "--timeout-graceful-shutdown",
+                "3",
+            ],
+            self.child_env(),
+        )
+        wait_for(self.ready, f"{self.url}/readyz", ready_timeout_s)
+
+    def add_worker(self) -> str:
+        name = f"worker{len(self.workers) + 1}"
+        self.spawn(name, [sys.executable, "-m", "worker"], self.child_env())
+        return name
+
+    def ready(self) -> bool:
+        self.check_alive()
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def check_alive(self) -> None:
+        """Raise RuntimeError if a child has exited."""
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with status {process.returncode}")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a child's whole process group (a crash, for tests)."""
+        process = self.processes.pop(name)
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
+
+    def stop(self) -> None:
+        """API first (no new jobs), then the workers, then Redis; SIGTERM, then SIGKILL after
+        STOP_GRACE_S."""
+        for group in (["api"], self.workers, ["redis"]):
+            live = [self.processes.pop(n) for n in group if n in self.processes]
+            for process in live:
+                _signal_group(process, signal.SIGTERM)
+            for process in live:
+                try:
+                    process.wait(STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    _signal_group(process, signal.SIGKILL)
+                    process.wait()
+        for log in self.logs:
+            log.close()
+        self.logs = []
+        if self.tmp is not None:
+            self.tmp.cleanup()
+            self.tmp = None
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

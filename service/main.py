@@ -1,0 +1,75 @@
+"""The FastAPI application: `uvicorn --factory service.main:create_app`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from celery import Celery
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis.asyncio import Redis
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from contract.jobs import CELERY_WIRE, TASK_NAME
+from contract.settings import Settings
+from service.jobs import Enqueue, JobStore
+from service.routes import health, jobs, models, restore
+from service.uploads import UploadError
+
+DESCRIPTION = """Zero-shot image restoration with DDNM / DDNM+ (Wang, Yu, Zhang, ICLR 2023).
+
+`POST /restore` a degraded image and a task spec; a worker runs the job; poll `GET /jobs/{id}`
+or follow `GET /jobs/{id}/events`, then fetch `GET /jobs/{id}/result`."""
+
+
+def celery_enqueue(settings: Settings) -> Enqueue:
+    """Send restore tasks by name: the API needs the queue, not the worker's code."""
+    celery = Celery("ddnm-api", broker=settings.redis_url, set_as_current=False)
+    celery.conf.update(CELERY_WIRE)
+
+    def enqueue(job_id: str, queue: str) -> None:
+        celery.send_task(TASK_NAME, args=[job_id], queue=queue)
+
+    return enqueue
+
+
+class BodyLimit:
+    """Refuse requests whose declared body exceeds `limit` bytes before reading them (413)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"0")
+            if int(length or 0) > self.limit:
+                detail = f"request body over the limit of {self.limit} bytes"
+                await JSONResponse({"detail": detail}, 413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = Redis.from_url(settings.redis_url)
+        app.state.store = JobStore(redis, settings, celery_enqueue(settings))
+        yield
+        await redis.aclose()
+
+    app = FastAPI(title="ddnm-service", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    # an image, a mask and the spec
+    app.add_middleware(BodyLimit, limit=2 * settings.max_upload_bytes + 2**20)
+
+    @app.exception_handler(UploadError)
+    async def upload_error(request: Request, err: UploadError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, err.status_code)
+
+    for module in (restore, jobs, models, health):
+        app.include_router(module.router)
+    return app

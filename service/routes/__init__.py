@@ -1,0 +1,2 @@
+"""One router per resource: restore (admission), jobs, models, health (liveness, readiness,
+metrics)."""

@@ -1,0 +1,154 @@
+"""POST /restore: check everything a worker would trip on, then admit the job (202 + Location).
+
+Nothing is stored or enqueued unless the spec, the image and the mask all pass; each refusal says
+what to fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Header, HTTPException, Response, UploadFile
+from pydantic import ValidationError
+
+from contract.jobs import ModelInfo
+from contract.spec import Shape, TaskSpec
+from service.deps import StoreDep
+from service.jobs import Admission, IdempotencyConflict, JobStore
+from service.schemas import Error, Job
+from service.uploads import CheckedImage, check_image
+
+router = APIRouter(tags=["restore"])
+
+SPEC_HELP = (
+    'task spec as JSON, e.g. {"degradations": [{"op": "downsample", "factor": 4}], "steps": 100}'
+)
+
+
+@router.post(
+    "/restore",
+    status_code=202,
+    responses={413: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}},
+)
+async def restore(
+    response: Response,
+    store: StoreDep,
+    image: Annotated[
+        UploadFile | None, File(description="the degraded image y (PNG/JPEG/WebP)")
+    ] = None,
+    spec: Annotated[str | None, Form(description=SPEC_HELP)] = None,
+    mask: Annotated[UploadFile | None, File(description="inpainting mask, white = known")] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> Job:
+    """Admit a restoration job; `Location` points at its record."""
+    admission = await _check(store, image, spec, mask)
+    try:
+        job_id = await store.admit(admission, idempotency_key)
+    except IdempotencyConflict as err:
+        raise HTTPException(422, str(err)) from err
+    record = await store.get(job_id)
+    if record is None:  # an idempotent replay of a job whose record has expired
+        raise HTTPException(422, "Idempotency-Key refers to an expired job; use a new key")
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return Job.from_record(job_id, record)
+
+
+async def _check(
+    store: JobStore, image: UploadFile | None, spec_text: str | None, mask: UploadFile | None
+) -> Admission:
+    if spec_text is None:
+        raise HTTPException(422, f"spec: missing; send the {SPEC_HELP} as form field 'spec'")
+    spec = _parse_spec(spec_text)
+    if image is None:
+        raise HTTPException(422, "image: missing; send the degraded image as file field 'image'")
+    info = await _model(store, spec)
+    n = info.image_size
+    x_shape: Shape = (3, n, n)
+    try:
+        upload_shape = spec.upload_shape(x_shape)
+    except ValueError as err:
+        raise HTTPException(422, f"spec: {err} (model {info.name!r} restores {n}x{n})") from err
+    checked = await _read(store, "image", image)
+    if (checked.height, checked.width) != upload_shape[1:]:
+        what = "clean image" if spec.evaluate else "degraded image for this chain"
+        raise HTTPException(
+            422,
+            f"image: {checked.width}x{checked.height} is not accepted: model {info.name!r} "
+            f"restores {n}x{n} images, so send a {upload_shape[2]}x{upload_shape[1]} {what}",
+        )
+    mask_bytes = await _check_mask(store, spec, x_shape, mask)
+    seed = spec.seed if spec.seed is not None else secrets.randbelow(2**31)
+    digest = hashlib.sha256(spec.model_dump_json().encode())
+    for part in (checked.data, mask_bytes or b""):
+        digest.update(hashlib.sha256(part).digest())
+    return Admission(
+        spec=spec.model_copy(update={"model": info.name, "seed": seed}),
+        image=checked.data,
+        mask=mask_bytes,
+        upload_sha256=digest.hexdigest(),
+    )
+
+
+def _parse_spec(text: str) -> TaskSpec:
+    try:
+        return TaskSpec.model_validate_json(text)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            if e["type"] == "json_invalid":
+                problems.append(f"not valid JSON ({e['msg']}); send a JSON object")
+            else:
+                where = ".".join(str(p) for p in e["loc"])
+                problems.append(f"{where}: {e['msg']}" if where else e["msg"])
+        raise HTTPException(422, "spec: " + "; ".join(problems)) from err
+
+
+async def _model(store: JobStore, spec: TaskSpec) -> ModelInfo:
+    models = await store.models()
+    if not models:
+        raise HTTPException(503, "no worker has announced a model yet; retry when /readyz is 200")
+    name = spec.model or store.settings.model
+    if name not in models:
+        raise HTTPException(422, f"spec.model: unknown model {name!r}; available: {sorted(models)}")
+    info = models[name]
+    if spec.guidance_scale > 0 and not info.classifier:
+        raise HTTPException(422, f"spec.guidance_scale: model {name!r} has no classifier")
+    if info.class_conditional and spec.class_label is None:
+        raise HTTPException(422, f"spec.class_label: model {name!r} needs one (0 to 999)")
+    if spec.class_label is not None and not (info.class_conditional or spec.guidance_scale > 0):
+        raise HTTPException(
+            422, f"spec.class_label: model {name!r} is unconditional; use it with guidance_scale"
+        )
+    return info
+
+
+async def _read(store: JobStore, field: str, upload: UploadFile) -> CheckedImage:
+    limit = store.settings.max_upload_bytes
+    data = await upload.read(limit + 1)
+    return check_image(field, data, limit, store.settings.max_pixels)
+
+
+async def _check_mask(
+    store: JobStore, spec: TaskSpec, x_shape: Shape, mask: UploadFile | None
+) -> bytes | None:
+    size = spec.mask_size(x_shape)
+    if size is None:
+        if mask is not None:
+            raise HTTPException(422, 'mask: the chain has no {"op": "inpaint"}; drop the mask')
+        return None
+    if mask is None:
+        raise HTTPException(
+            422, f"mask: missing; inpaint needs a {size[1]}x{size[0]} mask, white = known pixel"
+        )
+    checked = await _read(store, "mask", mask)
+    if (checked.height, checked.width) != size:
+        raise HTTPException(
+            422,
+            f"mask: {checked.width}x{checked.height} does not match the {size[1]}x{size[0]} "
+            f"image it masks; send a mask of that size",
+        )
+    if not checked.has_white:
+        raise HTTPException(422, "mask: no known pixel; white marks the pixels to keep")
+    return checked.data

@@ -1,0 +1,100 @@
+"""Response bodies of the API (the request spec is `contract.spec.TaskSpec`)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+
+from contract.jobs import Heartbeat, JobRecord, ModelInfo, Status
+from contract.spec import TaskSpec
+
+
+class Error(BaseModel):
+    detail: str = Field(description="what was wrong and what to send instead")
+
+
+class Progress(BaseModel):
+    step: int = Field(description="sampler transitions done")
+    total: int = Field(description="sampler transitions in all (0 until the job starts)")
+    eta_s: float | None = Field(default=None, description="estimated seconds left")
+
+
+class ModelUsed(BaseModel):
+    name: str
+    checkpoint_sha256: str | None = Field(description="of the weights the worker ran")
+
+
+class Evaluation(BaseModel):
+    """Evaluate mode: quality of the restoration against the uploaded clean image."""
+
+    psnr: float = Field(description="dB, on 8-bit RGB")
+    ssim: float
+
+
+class Job(BaseModel):
+    id: str
+    status: Status
+    progress: Progress
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    spec: TaskSpec = Field(description="the spec as run: defaults, model and seed filled in")
+    model: ModelUsed
+    seed: int
+    attempts: int = Field(description="times a worker started it (> 1 after a worker was lost)")
+    worker: str | None
+    cancel_requested: bool
+    error: str | None
+    consistency: float | None = Field(
+        description="||A x - y|| / ||y|| of the result x (0 up to rounding when sigma_y = 0)"
+    )
+    evaluation: Evaluation | None
+    result_url: str | None = Field(description="the PNG, once succeeded")
+    events_url: str
+
+    @classmethod
+    def from_record(cls, job_id: str, record: JobRecord) -> Job:
+        evaluation = None
+        if record.psnr is not None and record.ssim is not None:
+            evaluation = Evaluation(psnr=record.psnr, ssim=record.ssim)
+        succeeded = record.status == Status.SUCCEEDED
+        return cls(
+            id=job_id,
+            status=record.status,
+            progress=Progress(step=record.step, total=record.total, eta_s=record.eta_s),
+            created_at=datetime.fromtimestamp(record.created_at, UTC),
+            started_at=_time(record.started_at),
+            finished_at=_time(record.finished_at),
+            spec=TaskSpec.model_validate_json(record.spec),
+            model=ModelUsed(name=record.model, checkpoint_sha256=record.checkpoint_sha256),
+            seed=record.seed,
+            attempts=record.attempts,
+            worker=record.worker,
+            cancel_requested=record.cancel_requested_at is not None,
+            error=record.error,
+            consistency=record.consistency,
+            evaluation=evaluation,
+            result_url=f"/jobs/{job_id}/result" if succeeded else None,
+            events_url=f"/jobs/{job_id}/events",
+        )
+
+
+def _time(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+class Model(ModelInfo):
+    default: bool = Field(description="used when a spec names no model")
+    workers_ready: int = Field(description="worker processes serving it now")
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    redis: bool
+    workers: list[Heartbeat]
+    problems: list[str] = Field(description="why not ready")

@@ -1,0 +1,70 @@
+"""`python -m worker`: load the model, announce it, then consume its queue one job at a time.
+
+The model is loaded before the Celery consumer starts, so a worker never takes a job it cannot run;
+while loading fails (missing file, failed download, no GPU) the worker stays not-ready, says why in
+its heartbeat (shown by the API's /readyz), and retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+from redis import Redis
+
+from contract.jobs import MODELS_KEY, queue_name
+from contract.settings import Settings
+from worker import tasks
+from worker.celery_app import configure
+from worker.heartbeat import HeartbeatThread
+from worker.models import ServedModel, load_model
+
+log = logging.getLogger("worker")
+LOAD_RETRY_S = 30.0
+
+
+def load_until_ready(settings: Settings, heartbeat: HeartbeatThread) -> ServedModel:
+    while True:
+        try:
+            return load_model(settings)
+        except Exception as err:
+            message = f"cannot load model {settings.model!r}: {type(err).__name__}: {err}"
+            log.error("%s; retrying in %.0f s", message, LOAD_RETRY_S)
+            heartbeat.update(ready=False, message=message)
+            time.sleep(LOAD_RETRY_S)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = Settings()
+    worker_id = f"{socket.gethostname()}-{os.getpid()}"
+    redis = Redis.from_url(settings.redis_url)
+    heartbeat = HeartbeatThread(redis, settings, worker_id)
+    heartbeat.beat()
+    heartbeat.start()
+    model = load_until_ready(settings, heartbeat)
+    redis.hset(MODELS_KEY, model.info.name, model.info.model_dump_json())
+    heartbeat.update(ready=True, message="", info=model.info, device=str(model.device))
+    log.info("serving %s (%s) on %s", model.info.name, model.info.checkpoint_sha256, model.device)
+    tasks.RUNTIME = tasks.Runtime(settings, redis, model, worker_id, heartbeat)
+    try:
+        configure(settings).worker_main(
+            [
+                "worker",
+                "--pool=solo",
+                "--concurrency=1",
+                f"--queues={queue_name(model.info.name)}",
+                f"--hostname={worker_id}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel=INFO",
+            ]
+        )
+    finally:
+        heartbeat.stop()
+
+
+if __name__ == "__main__":
+    main()

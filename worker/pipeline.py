@@ -1,0 +1,164 @@
+"""One job, from the spec and the uploaded bytes to the result: spec -> operator and options ->
+`ddnm.sampling.sample` -> PNG, consistency and (evaluate mode) PSNR / SSIM.
+
+A PNG holds values in [0, 255] only, while x̂ from the sampler is unbounded (A x̂ = y fixes its
+range-space part, not its range of values). With sigma_y = 0 the result is therefore brought into
+[-1, 1] by alternating projections onto the box [-1, 1] and onto {x : A x = y} (the range-space
+correction of Alg. 1 line 5), which keeps A x̂ = y whenever y has a preimage in the box (it does
+for an observation made from an image). With noise (sigma_y > 0) y is not consistent data, and
+the result is clipped.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from contract.spec import (
+    Blur,
+    CompressedSensing,
+    Degradation,
+    Denoise,
+    Downsample,
+    Grayscale,
+    Inpaint,
+    Shape,
+    TaskSpec,
+)
+from ddnm import imaging, metrics, operators
+from ddnm.operators.base import LinearOperator
+from ddnm.sampling import SamplerOptions, StepInfo, sample
+from ddnm.sampling.steps import rectify_x0
+from worker.models import ServedModel
+
+PROJECTION_ROUNDS = 100
+PROJECTION_TOL = 1e-4  # max |A x - y| on [-1, 1], well under half an 8-bit level (3.9e-3)
+
+
+@dataclass(frozen=True)
+class Restoration:
+    png: bytes
+    consistency: float  # ||A x - y|| / ||y||
+    psnr: float | None = None  # evaluate mode, against the uploaded image
+    ssim: float | None = None
+
+
+def blur_kernel(d: Blur) -> Tensor:
+    if d.kernel == "uniform":
+        return operators.uniform_kernel(d.size or 9)
+    if d.kernel == "anisotropic":
+        return operators.anisotropic_gaussian_kernel(d.sigma_rows, d.sigma_cols, d.size)
+    return operators.gaussian_kernel(d.sigma, d.size)
+
+
+def degradation_operator(
+    d: Degradation, shape: Shape, mask: Tensor | None, seed: int
+) -> LinearOperator:
+    """The library operator of one op of the chain, acting on images of `shape`."""
+    if isinstance(d, Downsample):
+        return operators.SuperResolution(d.factor, filter=d.filter)
+    if isinstance(d, Blur):
+        return operators.Deblur(blur_kernel(d))
+    if isinstance(d, Grayscale):
+        return operators.Colorization()
+    if isinstance(d, Inpaint):
+        if mask is None:
+            raise ValueError("inpaint needs a mask")
+        return operators.Inpainting(mask)
+    if isinstance(d, CompressedSensing):
+        return operators.CompressedSensing(
+            d.ratio, kind=d.kind, block_size=d.block_size, seed=seed, image_size=shape[1:]
+        )
+    assert isinstance(d, Denoise)
+    return operators.Identity()
+
+
+def chain_operator(spec: TaskSpec, x_shape: Shape, mask: Tensor | None) -> LinearOperator:
+    """A of the whole chain for x of `x_shape`, applied in the order of `spec.degradations`."""
+    assert spec.seed is not None
+    parts, shape = [], x_shape
+    for d in spec.degradations:
+        parts.append(degradation_operator(d, shape, mask, spec.seed))
+        shape = d.apply(shape)
+    return parts[0] if len(parts) == 1 else operators.compose(*parts)
+
+
+def read_upload(data: bytes, channels: int) -> Tensor:
+    """Uploaded image bytes -> (1, channels, H, W) float32 in [-1, 1]."""
+    if channels == 3:
+        return imaging.to_tensor(imaging.load_image(io.BytesIO(data)))  # type: ignore[arg-type]
+    with Image.open(io.BytesIO(data)) as image:
+        gray = np.asarray(image.convert("L"))
+    return imaging.to_tensor(np.repeat(gray[..., None], 3, axis=2))[:, :1]
+
+
+def read_mask(data: bytes) -> Tensor:
+    """Uploaded mask bytes -> (H, W) float32, 1 = known (white) pixel."""
+    return imaging.mask_to_tensor(imaging.load_mask(io.BytesIO(data)))  # type: ignore[arg-type]
+
+
+def into_box(operator: LinearOperator, x: Tensor, y: Tensor) -> Tensor:
+    """A point of [-1, 1] with A x = y, by alternating projections starting from x."""
+    for _ in range(PROJECTION_ROUNDS):
+        x = x.clamp(-1.0, 1.0)
+        if (operator.A(x) - y).abs().max() <= PROJECTION_TOL:
+            break
+        x = rectify_x0(operator, x, y)
+    return x.clamp(-1.0, 1.0)
+
+
+def encode_png(x: Tensor) -> tuple[bytes, np.ndarray]:
+    """(1, 3, H, W) in [-1, 1] -> PNG bytes and the (H, W, 3) uint8 image they hold."""
+    image = imaging.to_uint8(x)
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    return png.getvalue(), image
+
+
+def restore(
+    model: ServedModel,
+    spec: TaskSpec,
+    image: bytes,
+    mask: bytes | None,
+    callback: Callable[[StepInfo], None] | None = None,
+) -> Restoration:
+    """Run the job `spec` on the uploaded `image` (and `mask`) with `model`."""
+    assert spec.seed is not None
+    generator = torch.Generator(model.device).manual_seed(spec.seed)
+    n = model.info.image_size
+    x_shape: Shape = (3, n, n)
+    operator = chain_operator(spec, x_shape, None if mask is None else read_mask(mask))
+    upload = read_upload(image, spec.upload_shape(x_shape)[0]).to(model.device)
+    y = operators.measure(operator, upload, spec.sigma_y, generator) if spec.evaluate else upload
+    # drop the entries of y that A ignores (e.g. the unknown pixels of inpainting), so that
+    # ||A x - y|| measures consistency with the data A can explain
+    y = operator.A(operator.A_pinv(y))
+    options = SamplerOptions(
+        steps=spec.steps,
+        eta=spec.eta,
+        sigma_y=spec.sigma_y,
+        travel_length=spec.travel.length,
+        travel_repeat=spec.travel.repeat,
+    )
+    x = sample(
+        model.denoiser(spec),
+        model.schedule,
+        operator,
+        y,
+        options,
+        generator=generator,
+        callback=callback,
+    )
+    x = into_box(operator, x, y) if spec.sigma_y == 0 else x.clamp(-1.0, 1.0)
+    consistency = float((operator.A(x) - y).norm() / y.norm().clamp_min(1e-12))
+    png, result = encode_png(x)
+    if not spec.evaluate:
+        return Restoration(png, consistency)
+    truth = imaging.to_uint8(upload)
+    return Restoration(png, consistency, metrics.psnr(result, truth), metrics.ssim(result, truth))

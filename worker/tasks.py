@@ -1,0 +1,72 @@
+"""The restore task: thin glue between the job record and `pipeline.restore`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from redis import Redis
+
+from contract.jobs import TASK_NAME, job_key
+from contract.settings import Settings
+from contract.spec import TaskSpec
+from worker import pipeline
+from worker.celery_app import app
+from worker.heartbeat import HeartbeatThread
+from worker.models import ServedModel
+from worker.records import JobCanceled, JobRun, JobTimedOut
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What a worker process holds for all its jobs (set once by `python -m worker`)."""
+
+    settings: Settings
+    redis: Redis
+    model: ServedModel
+    worker_id: str
+    heartbeat: HeartbeatThread
+
+
+RUNTIME: Runtime | None = None
+
+
+@app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
+def restore(job_id: str) -> None:
+    """Run job `job_id` and record its outcome; a job that is gone or canceled is skipped."""
+    rt = RUNTIME
+    assert rt is not None, "the worker process loads its model before consuming"
+    run = JobRun(rt.redis, rt.settings, job_id, rt.worker_id)
+    record = run.start()
+    if record is None:
+        log.info("job %s skipped: canceled, done or expired", job_id)
+        return
+    rt.heartbeat.update(job=job_id)
+    try:
+        if record.model != rt.model.info.name:
+            raise ValueError(f"job asks for model {record.model!r}, not {rt.model.info.name!r}")
+        image = rt.redis.get(job_key(job_id, "image"))
+        if image is None:
+            raise ValueError("the uploaded image has expired; submit the job again")
+        spec = TaskSpec.model_validate_json(record.spec)
+        mask = rt.redis.get(job_key(job_id, "mask")) if spec.has_mask else None
+        result = pipeline.restore(rt.model, spec, image, mask, callback=run.on_step)  # type: ignore[arg-type]
+    except JobCanceled:
+        run.cancel()
+    except JobTimedOut as err:
+        run.fail(str(err))
+    except Exception as err:  # a job's failure is recorded, not raised: the worker goes on
+        log.exception("job %s failed", job_id)
+        run.fail(f"{type(err).__name__}: {err}")
+    else:
+        fields: dict[str, str | float] = {
+            "consistency": result.consistency,
+            "checkpoint_sha256": rt.model.info.checkpoint_sha256,
+        }
+        if result.psnr is not None and result.ssim is not None:
+            fields |= {"psnr": result.psnr, "ssim": result.ssim}
+        run.succeed(result.png, **fields)
+    finally:
+        rt.heartbeat.update(job=None)
