@@ -76,7 +76,7 @@ def printed_consistency(printed: str) -> float:
     return float(re.search(r"\|\| = ([0-9.e+-]+)", printed).group(1))  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("op", ["grayscale", "denoise"])
+@pytest.mark.parametrize("op", ["grayscale", "denoise", "blur:1"])
 def test_restore_other_ops(
     op: str, small_model: Path, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -124,3 +124,17 @@ def test_train_then_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert rows[0] == "step,loss" and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
     network = load_network(tmp_path / "run" / "ema.safetensors", arch="adm", config=TINY)
     assert sum(p.numel() for p in network.parameters()) > 0
+
+
+def test_restore_a_chain(
+    small_model: Path, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Old-photo chain: holes, then grey, then 2x box downsampling; --op order is the chain's."""
+    mask = np.full((32, 32), 255, np.uint8)
+    mask[4:12, 6:20] = 0
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    argv = ["restore", str(photo), "--mask", str(tmp_path / "mask.png"), "--simulate"]
+    argv += ["--op", "inpaint", "--op", "grayscale", "--op", "downsample:2"]
+    assert main([*argv, "--steps", "3", "--model", str(small_model), "-o", str(out)]) == 0
+    assert printed_consistency(capsys.readouterr().out) < 1e-3

@@ -7,8 +7,10 @@
 
 IN.png is the observation y (as an image), unless --simulate: then IN.png is the clean image x, the
 command forms y = A x (+ sigma_y noise) itself and evaluates the result against x. `--op` takes
-`NAME` or `NAME:ARG` (downsample:FACTOR or downsample:FACTOR:bicubic); the operations are the
-degradations of the task spec (`contract.spec`), which validates them and the sampler settings.
+`NAME` or `NAME:ARG` (downsample:FACTOR[:bicubic], blur:SIGMA for a Gaussian blur); repeated
+--op form a chain in the order the degradations hit the image (e.g. --op inpaint --op grayscale
+--op downsample:4). They are the degradations of the task spec (`contract.spec`), which validates
+them and the sampler settings.
 The command prints the consistency figure ||A x0 - y|| / ||y|| of the result (0 up to rounding
 for sigma_y = 0) and, with --evaluate or --simulate, PSNR / SSIM against the clean image.
 """
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from ddnm.operators.base import LinearOperator
 
 DEFAULT_MODEL = "ddnm-small-32"
-SUPPORTED_OPS = ("downsample", "grayscale", "inpaint", "denoise")
+SUPPORTED_OPS = ("downsample", "blur", "grayscale", "inpaint", "denoise")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -40,7 +42,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--op",
         action="append",
         required=True,
-        help="degradation: downsample:F[:bicubic], grayscale, inpaint, denoise",
+        help="degradation (repeat for a chain): downsample:F[:bicubic], blur:SIGMA, grayscale, "
+        "inpaint, denoise",
     )
     parser.add_argument("--mask", type=Path, help="inpainting mask image (white = known pixel)")
     parser.add_argument("--sigma-y", type=float, default=0.0, help="noise std, pixel scale [0, 1]")
@@ -70,6 +73,10 @@ def parse_op(text: str) -> dict[str, Any]:
                 f"--op downsample takes FACTOR[:FILTER], e.g. downsample:4; got {text}"
             )
         return {"op": name, "factor": int(params[0]), "filter": params[1] if params[1:] else "box"}
+    if name == "blur":
+        if len(params) != 1:
+            raise ValueError(f"--op blur takes SIGMA (Gaussian std in pixels), got {text!r}")
+        return {"op": name, "kernel": "gaussian", "sigma": float(params[0])}
     if params:
         raise ValueError(f"--op {name} takes no argument, got {text!r}")
     return {"op": name}
@@ -77,26 +84,30 @@ def parse_op(text: str) -> dict[str, Any]:
 
 def build_operator(degradation: Any, mask: np.ndarray | None) -> LinearOperator:
     """The library operator of one validated degradation of the task spec."""
+    from ddnm import operators as ops
     from ddnm.imaging import mask_to_tensor
-    from ddnm.operators import Colorization, Identity, Inpainting, SuperResolution
 
     if degradation.op == "downsample":
-        return SuperResolution(degradation.factor, degradation.filter)
+        return ops.SuperResolution(degradation.factor, degradation.filter)
+    if degradation.op == "blur":
+        return ops.Deblur(ops.gaussian_kernel(degradation.sigma, degradation.size))
     if degradation.op == "grayscale":
-        return Colorization()
+        return ops.Colorization()
     if degradation.op == "inpaint":
         if mask is None:
             raise ValueError("--op inpaint needs --mask M.png (white = known pixel)")
-        return Inpainting(mask_to_tensor(mask))
-    return Identity()
+        return ops.Inpainting(mask_to_tensor(mask))
+    if degradation.op == "denoise":
+        return ops.Identity()
+    raise ValueError(f"--op must be one of {', '.join(SUPPORTED_OPS)}, got {degradation.op!r}")
 
 
-def read_observation(image: np.ndarray, degradation: Any) -> Tensor:
-    """y in the operator's layout from an image: the channel mean for grayscale (1 channel)."""
+def read_observation(image: np.ndarray, grey: bool) -> Tensor:
+    """y in image layout from an image file's pixels: the channel mean when the chain ends grey."""
     from ddnm.imaging import to_tensor
 
     y = to_tensor(image)
-    return y.mean(dim=1, keepdim=True) if degradation.op == "grayscale" else y
+    return y.mean(dim=1, keepdim=True) if grey else y
 
 
 def load_model(model: str) -> nn.Module:
@@ -132,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     from ddnm.imaging import load_image, load_mask, save_image, to_tensor, to_uint8
     from ddnm.metrics import psnr, ssim
     from ddnm.models.adapters import as_denoiser
+    from ddnm.operators import compose, measure
     from ddnm.sampling import SamplerOptions, StepInfo, sample
     from ddnm.schedules import linear_schedule
 
@@ -145,18 +157,14 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model,
         }
     )
-    if len(spec.degradations) != 1:
-        raise ValueError("--op: the command line restores one degradation at a time for now")
-    degradation = spec.degradations[0]
-    operator = build_operator(degradation, load_mask(args.mask) if args.mask else None)
+    mask = load_mask(args.mask) if args.mask else None
+    operator = compose(*(build_operator(d, mask) for d in spec.degradations))
     image = load_image(args.input)
     generator = torch.Generator().manual_seed(args.seed)
     if args.simulate:
-        x = to_tensor(image)
-        y = operator.A(x)
-        y = y + 2.0 * spec.sigma_y * torch.randn(y.shape, generator=generator)
+        y = measure(operator, to_tensor(image), spec.sigma_y, generator)
     else:
-        y = read_observation(image, degradation)
+        y = read_observation(image, any(d.op == "grayscale" for d in spec.degradations))
     _, h, w = operator.x_shape(y)
     if h % 8 or w % 8:
         raise ValueError(f"the restored image must have sides divisible by 8, got {h}x{w}")
