@@ -49,7 +49,8 @@ class CompressedSensing(SVDOperator):
     b = block_size, a power of two). perm: a permutation of range(n) (n = H·W, or b² for blocks);
     drawn from `seed` with a torch.Generator when not given, and stored on the object.
     image_size: int or (H, W); the whole-image kind assumes a square image of n = len(perm) pixels
-    unless it is given (one of perm, image_size is required there).
+    unless it is given (one of perm, image_size is required there); the block kind learns the
+    size from x or y, and checks x against image_size when it is given.
     """
 
     ratio: float
@@ -106,9 +107,13 @@ class CompressedSensing(SVDOperator):
     def n(self) -> int:
         return self.block[0] * self.block[1]
 
+    def _perm(self, device: torch.device) -> Tensor:
+        assert self.perm is not None  # drawn in __post_init__ when not given
+        return self.perm.to(device)
+
     def _to_blocks(self, x: Tensor) -> Tensor:
         (bh, bw), (H, W) = self.block, x.shape[-2:]
-        expected = self.image_size if self.kind == "walsh_hadamard" else None
+        expected = self.image_size
         if x.ndim != 4 or H % bh or W % bw or (expected is not None and expected != (H, W)):
             size = f"{bh}×{bw}" if expected else f"a multiple of {bh}×{bw}"
             raise ValueError(f"x must be (B, C, H, W) with H×W {size}, got {tuple(x.shape)}")
@@ -116,10 +121,10 @@ class CompressedSensing(SVDOperator):
 
     def V_t(self, x: Tensor) -> Tensor:
         c = fwht(self._to_blocks(x)) / math.sqrt(self.n)
-        return from_blocks(c[..., self.perm.to(c.device)], *self.block)  # type: ignore[union-attr]
+        return from_blocks(c[..., self._perm(c.device)], *self.block)
 
     def V(self, c: Tensor) -> Tensor:
-        inverse = torch.argsort(self.perm).to(c.device)  # type: ignore[arg-type]
+        inverse = torch.argsort(self._perm(c.device))
         x = fwht(self._to_blocks(c)[..., inverse]) / math.sqrt(self.n)
         return from_blocks(x, *self.block)
 
@@ -133,11 +138,9 @@ class CompressedSensing(SVDOperator):
         return y.flatten(2) if self.kind == "walsh_hadamard" else y
 
     def singular_values(self, shape: ImageShape) -> Tensor:
-        kept = (torch.arange(self.n) < self.m).double().expand(1, 1, *self._grid(shape[1:]), -1)
+        grid = (shape[1] // self.block[0], shape[2] // self.block[1])
+        kept = (torch.arange(self.n) < self.m).double().expand(1, 1, *grid, -1)
         return from_blocks(kept, *self.block)[0]
-
-    def _grid(self, size: tuple[int, int] | tuple[int, ...]) -> tuple[int, int]:
-        return size[0] // self.block[0], size[1] // self.block[1]
 
     def x_shape(self, y: Tensor) -> ImageShape:
         if self.kind == "walsh_hadamard" and y.ndim == 3 and y.shape[-1] == self.m:
