@@ -481,6 +481,8 @@ def test_permutation_is_drawn_from_the_seed_and_stored():
     replay = CompressedSensing(0.5, perm=a.perm)  # the stored perm reproduces the operator
     x = randn((1, 3, 16, 16), torch.float32, 24)
     assert torch.equal(replay.A(x), a.A(x)) and replay.image_size == (16, 16)
+    blocks = CompressedSensing(0.5, "block", block_size=4, image_size=torch.Size([8, 16]))
+    assert blocks.image_size == (8, 16) and blocks.A(x[..., :8, :]).shape == (1, 3, 2, 4, 8)
 
 
 @pytest.mark.parametrize(

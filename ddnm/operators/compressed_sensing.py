@@ -68,14 +68,14 @@ class CompressedSensing(SVDOperator):
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         size = self.image_size
-        if isinstance(size, int):
-            size = (size, size)
+        if size is not None:
+            size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         if self.kind == "block":
             block = (self.block_size, self.block_size)
             if not is_power_of_two(self.block_size):
                 raise ValueError(f"block_size must be a power of two, got {self.block_size!r}")
         elif size is not None:
-            block = (int(size[0]), int(size[1]))
+            block = size
         elif self.perm is not None:
             side = math.isqrt(len(self.perm))
             if side * side != len(self.perm):
