@@ -1,9 +1,9 @@
 """The embedded default (`ddnm serve`): Redis, Celery workers and the API on one machine.
 
 `Stack` starts a private `redis-server` (from PATH) on a free loopback port with its data in a
-temporary folder, `workers` worker processes (`python -m worker`) and uvicorn, each in its own
-process group; `stop()` ends them in the reverse order (API, workers, Redis) and removes the
-folder, so jobs do not outlive the stack. The children read their settings from the environment
+temporary folder (`RedisServer`), `workers` worker processes (`python -m worker`) and uvicorn, each
+in its own process group; `stop()` ends them in the reverse order (API, workers, Redis) and removes
+the folder, so jobs do not outlive the stack. The children read their settings from the environment
 (see the README, "Configuration"); the stack sets DDNM_REDIS_URL, and the model settings when none
 are given.
 """
@@ -55,6 +55,72 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process group, then SIGKILL those still there after STOP_GRACE_S."""
+    for process in processes:
+        _signal_group(process, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+
+
+class RedisServer:
+    """A private redis-server (from PATH) on a free loopback port, its data in a temporary
+    folder that `stop()` removes."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> str:
+        """Start it and return its URL once it accepts connections."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server not found on PATH; install Redis 6 or newer")
+        self.tmp = tempfile.TemporaryDirectory(prefix="ddnm-redis-")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                self.tmp.name,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_for(lambda: port_open(self.port), "redis-server", 10.0)
+        return self.url
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_processes([self.process])
+            self.process = None
+        if self.tmp is not None:
+            self.tmp.cleanup()
+            self.tmp = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):  # already gone
         os.killpg(process.pid, sig)
@@ -78,7 +144,7 @@ class Stack:
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: list[IO[bytes]] = []
-        self.tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.redis: RedisServer | None = None
 
     @property
     def url(self) -> str:
@@ -110,30 +176,8 @@ class Stack:
 
     def start(self, ready_timeout_s: float = 120.0) -> None:
         """Start everything and wait until /readyz answers 200 (a worker has its model)."""
-        redis_server = shutil.which("redis-server")
-        if redis_server is None:
-            raise FileNotFoundError("redis-server not found on PATH; install Redis 6 or newer")
-        self.tmp = tempfile.TemporaryDirectory(prefix="ddnm-serve-")
-        redis_port = free_port()
-        self.spawn(
-            "redis",
-            [
-                redis_server,
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                self.tmp.name,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            os.environ,
-        )
-        wait_for(lambda: port_open(redis_port), "redis-server", 10.0)
-        self.env["DDNM_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        self.redis = RedisServer()
+        self.env["DDNM_REDIS_URL"] = self.redis.start()
         for _ in range(self.n_workers):
             self.add_worker()
         self.spawn(
@@ -180,24 +224,15 @@ class Stack:
         process.wait()
 
     def stop(self) -> None:
-        """API first (no new jobs), then the workers, then Redis; SIGTERM, then SIGKILL after
-        STOP_GRACE_S."""
-        for group in (["api"], self.workers, ["redis"]):
-            live = [self.processes.pop(n) for n in group if n in self.processes]
-            for process in live:
-                _signal_group(process, signal.SIGTERM)
-            for process in live:
-                try:
-                    process.wait(STOP_GRACE_S)
-                except subprocess.TimeoutExpired:
-                    _signal_group(process, signal.SIGKILL)
-                    process.wait()
+        """API first (no new jobs), then the workers, then Redis."""
+        for group in (["api"], self.workers):
+            stop_processes([self.processes.pop(name) for name in group])
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
         for log in self.logs:
             log.close()
         self.logs = []
-        if self.tmp is not None:
-            self.tmp.cleanup()
-            self.tmp = None
 
     def __enter__(self) -> Stack:
         try:

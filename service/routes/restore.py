@@ -101,7 +101,8 @@ def _parse_spec(text: str) -> TaskSpec:
                 problems.append(f"not valid JSON ({e['msg']}); send a JSON object")
             else:
                 where = ".".join(str(p) for p in e["loc"])
-                problems.append(f"{where}: {e['msg']}" if where else e["msg"])
+                message = e["msg"].removeprefix("Value error, ")
+                problems.append(f"{where}: {message}" if where else message)
         raise HTTPException(422, "spec: " + "; ".join(problems)) from err
 
 

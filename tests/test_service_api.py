@@ -1,0 +1,304 @@
+"""The API against a real Redis, without workers: admission and its refusals, idempotency, job
+records, cancellation of queued jobs, events, readiness and metrics. The app runs in-process
+(Starlette's TestClient); the end-to-end tests with uvicorn and workers are in
+test_service_integration.py."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from redis import Redis
+from skimage import data
+
+from contract.jobs import MODELS_KEY, WORKER_KEY, Heartbeat, ModelInfo, job_key, queue_name
+from contract.settings import Settings
+from service.embedded import REPO, RedisServer
+from service.main import create_app
+
+MODEL = ModelInfo(name="test-model", checkpoint_sha256="00" * 32, image_size=32)
+MAX_PIXELS = 100_000
+MAX_UPLOAD_BYTES = 300_000
+LIMITS_ENV = {"DDNM_MAX_PIXELS": str(MAX_PIXELS), "DDNM_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES)}
+
+
+def png(array: np.ndarray, format: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format=format)
+    return out.getvalue()
+
+
+def crop(size: int = 32) -> np.ndarray:
+    """A real photo: (size, size, 3) uint8 crop of skimage's astronaut."""
+    return data.astronaut()[100 : 100 + size, 180 : 180 + size]
+
+
+def box_downsample(image: np.ndarray, factor: int) -> np.ndarray:
+    h, w, c = image.shape
+    blocks = image.astype(np.float64).reshape(h // factor, factor, w // factor, factor, c)
+    return blocks.mean(axis=(1, 3))
+
+
+SR4 = {"degradations": [{"op": "downsample", "factor": 4}], "steps": 10}
+INPAINT = {"degradations": [{"op": "inpaint"}], "steps": 10}
+Y8 = png(box_downsample(crop(), 4).round().astype(np.uint8))
+MASK = np.full((32, 32), 255, np.uint8)
+MASK[8:20, 10:24] = 0
+
+
+def request(spec: Any = SR4, image: bytes | None = Y8, mask: bytes | None = None) -> dict:
+    """httpx keyword arguments of a POST /restore (spec: dict, raw text or None)."""
+    files = {}
+    if image is not None:
+        files["image"] = ("y.png", image, "image/png")
+    if mask is not None:
+        files["mask"] = ("mask.png", mask, "image/png")
+    form = {} if spec is None else {"spec": spec if isinstance(spec, str) else json.dumps(spec)}
+    return {"files": files, "data": form}
+
+
+# (name, request, status, what the message must say)
+BAD_INPUTS = [
+    ("not an image", request(image=b"hello, world"), 422, "image: not an image"),
+    ("truncated PNG", request(image=Y8[: len(Y8) // 2]), 422, "damaged or truncated"),
+    ("GIF", request(image=png(np.zeros((8, 8), np.uint8), "GIF")), 422, "GIF is not accepted"),
+    ("missing image", request(image=None), 422, "image: missing"),
+    ("missing spec", request(spec=None), 422, "spec: missing"),
+    ("spec not JSON", request(spec="{degradations: ["), 422, "spec: not valid JSON"),
+    (
+        "unknown op",
+        request({"degradations": [{"op": "sharpen"}]}),
+        422,
+        "does not match any of the expected tags: 'downsample'",
+    ),
+    (
+        "steps out of range",
+        request({**SR4, "steps": 5000}),
+        422,
+        "spec: steps: Input should be less than or equal to 1000",
+    ),
+    (
+        "factor not dividing",
+        request({"degradations": [{"op": "downsample", "factor": 3}]}),
+        422,
+        "factor 3 does not divide the image size 32x32",
+    ),
+    ("wrong image size", request(image=png(crop(16))), 422, "send a 8x8 degraded image"),
+    (
+        "mask of the wrong size",
+        request(INPAINT, png(crop()), png(MASK[:16, :16])),
+        422,
+        "mask: 16x16 does not match the 32x32 image",
+    ),
+    ("missing mask", request(INPAINT, png(crop())), 422, "mask: missing"),
+    ("mask without inpaint", request(mask=png(MASK)), 422, "the chain has no"),
+    (
+        "mask without known pixel",
+        request(INPAINT, png(crop()), png(np.zeros((32, 32), np.uint8))),
+        422,
+        "mask: no known pixel",
+    ),
+    ("unknown model", request({**SR4, "model": "nope"}), 422, "unknown model 'nope'"),
+    (
+        "cs without evaluate",
+        request({"degradations": [{"op": "cs", "ratio": 0.25}]}),
+        422,
+        'spec: cs coefficients cannot be uploaded as an image: send the clean image with "evaluate"',
+    ),
+    ("too many pixels", request(image=png(np.zeros((400, 400, 3), np.uint8))), 413, "pixels"),
+    ("too many bytes", request(image=b"x" * (MAX_UPLOAD_BYTES + 1)), 413, "over the limit"),
+]
+
+
+def job_keys(redis: Redis) -> list[bytes]:
+    return list(redis.scan_iter(match=job_key("*")))
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with RedisServer() as url:
+        yield url
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Redis]:
+    client = Redis.from_url(redis_url)
+    client.flushall()
+    client.hset(MODELS_KEY, MODEL.name, MODEL.model_dump_json())
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def client(redis: Redis, redis_url: str) -> Iterator[TestClient]:
+    settings = Settings(
+        redis_url=redis_url,
+        model=MODEL.name,
+        max_pixels=MAX_PIXELS,
+        max_upload_bytes=MAX_UPLOAD_BYTES,
+    )
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def test_service_never_imports_torch() -> None:
+    code = (
+        "import sys; import contract, service.main, service.embedded, ddnm.cli;"
+        "from contract.settings import Settings; service.main.create_app(Settings());"
+        "ddnm.cli.build_parser();"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+@pytest.mark.parametrize(("name", "kwargs", "status", "message"), BAD_INPUTS)
+def test_bad_input_is_refused_and_nothing_enqueued(
+    client: TestClient, redis: Redis, name: str, kwargs: dict, status: int, message: str
+) -> None:
+    response = client.post("/restore", **kwargs)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+    assert job_keys(redis) == []
+    assert redis.llen(queue_name(MODEL.name)) == 0
+
+
+def test_admission_stores_the_job_and_enqueues_it(client: TestClient, redis: Redis) -> None:
+    response = client.post("/restore", **request())
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/jobs/{job['id']}"
+    assert job["status"] == "queued"
+    assert job["spec"]["model"] == MODEL.name and job["seed"] == job["spec"]["seed"] is not None
+    assert job["spec"]["steps"] == 10 and job["spec"]["eta"] == 0.85
+    assert redis.get(job_key(job["id"], "image")) == Y8  # the bytes, not base64 in JSON
+    assert b"image" not in redis.hkeys(job_key(job["id"]))
+    assert redis.llen(queue_name(MODEL.name)) == 1
+    message = json.loads(redis.lindex(queue_name(MODEL.name), 0))
+    assert message["headers"]["task"] == "ddnm.restore"
+    assert message["content-type"] == "application/json"
+    assert client.get(f"/jobs/{job['id']}").json() == job
+
+
+def test_a_given_seed_is_kept(client: TestClient) -> None:
+    assert client.post("/restore", **request({**SR4, "seed": 1234})).json()["seed"] == 1234
+
+
+def test_idempotency_key(client: TestClient, redis: Redis) -> None:
+    headers = {"Idempotency-Key": "order-17"}
+    first = client.post("/restore", headers=headers, **request())
+    again = client.post("/restore", headers=headers, **request())
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert redis.llen(queue_name(MODEL.name)) == 1
+    other = client.post("/restore", headers=headers, **request({**SR4, "steps": 11}))
+    assert other.status_code == 422
+    assert "already used for a different request" in other.json()["detail"]
+    fresh = client.post("/restore", headers={"Idempotency-Key": "order-18"}, **request())
+    assert fresh.json()["id"] != first.json()["id"]
+
+
+def test_cancel_a_queued_job(client: TestClient) -> None:
+    job_id = client.post("/restore", **request()).json()["id"]
+    assert client.get(f"/jobs/{job_id}/result").status_code == 409
+    canceled = client.delete(f"/jobs/{job_id}")
+    assert canceled.status_code == 202
+    body = canceled.json()
+    assert body["status"] == "canceled" and body["cancel_requested"]
+    assert body["finished_at"] is not None
+    again = client.delete(f"/jobs/{job_id}")
+    assert again.status_code == 409 and "already canceled" in again.json()["detail"]
+
+
+def test_unknown_and_malformed_job_ids(client: TestClient) -> None:
+    assert client.get(f"/jobs/{'0' * 32}").status_code == 404
+    assert client.get(f"/jobs/{'0' * 32}/result").status_code == 404
+    assert client.delete(f"/jobs/{'0' * 32}").status_code == 404
+    assert client.get("/jobs/not-an-id").status_code == 422
+
+
+def parse_events(text: str) -> list[dict]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in fields:
+            events.append({**fields, "data": json.loads(fields["data"])})
+    return events
+
+
+def test_events_of_an_ended_job_and_resume(client: TestClient) -> None:
+    job_id = client.post("/restore", **request()).json()["id"]
+    client.delete(f"/jobs/{job_id}")
+    response = client.get(f"/jobs/{job_id}/events")
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = parse_events(response.text)
+    assert [e["data"]["status"] for e in events] == ["queued", "canceled"]
+    resumed = client.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": events[0]["id"]})
+    assert parse_events(resumed.text) == events[1:]
+    assert client.get(f"/jobs/{'0' * 32}/events").status_code == 404
+
+
+def test_models_readiness_and_heartbeats(client: TestClient, redis: Redis) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    (model,) = client.get("/models").json()
+    assert model["name"] == MODEL.name and model["default"] and model["workers_ready"] == 0
+    not_ready = client.get("/readyz")
+    assert not_ready.status_code == 503
+    assert "no worker with a loaded model" in not_ready.json()["problems"]
+    loading = Heartbeat(worker="w1", model=MODEL.name, ready=False, message="no GPU", at=0)
+    redis.set(WORKER_KEY.format("w1"), loading.model_dump_json(), ex=10)
+    assert "worker w1: no GPU" in client.get("/readyz").json()["problems"]
+    ready = loading.model_copy(update={"worker": "w2", "ready": True, "info": MODEL})
+    redis.set(WORKER_KEY.format("w2"), ready.model_dump_json(), ex=10)
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/models").json()[0]["workers_ready"] == 1
+
+
+def test_no_announced_model_means_retry_later(client: TestClient, redis: Redis) -> None:
+    redis.delete(MODELS_KEY)
+    response = client.post("/restore", **request())
+    assert response.status_code == 503 and "retry" in response.json()["detail"]
+
+
+def metric(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not in metrics"
+    return float(match.group(1))
+
+
+def test_metrics_count_jobs_and_queue_depth(client: TestClient) -> None:
+    job_id = client.post("/restore", **request()).json()["id"]
+    client.post("/restore", **request())
+    client.delete(f"/jobs/{job_id}")
+    text = client.get("/metrics").text
+    assert metric(text, 'ddnm_jobs_total{status="queued"}') == 2
+    assert metric(text, 'ddnm_jobs_total{status="canceled"}') == 1
+    assert metric(text, 'ddnm_jobs_total{status="succeeded"}') == 0
+    # the canceled job's message stays queued until a worker drops it
+    assert metric(text, f'ddnm_queue_depth{{model="{MODEL.name}"}}') == 2
+    assert "# TYPE ddnm_step_seconds histogram" in text
+    assert metric(text, 'ddnm_step_seconds_bucket{le="+Inf"}') == 0
+
+
+def test_oversized_request_body_is_refused_before_reading(client: TestClient) -> None:
+    body = b"x" * (2 * MAX_UPLOAD_BYTES + 2**20 + 1)
+    response = client.post("/restore", content=body, headers={"content-type": "text/plain"})
+    assert response.status_code == 413
+
+
+def test_job_record_expires_after_the_job_ends(client: TestClient, redis: Redis) -> None:
+    job_id = client.post("/restore", **request()).json()["id"]
+    pending = redis.ttl(job_key(job_id))
+    client.delete(f"/jobs/{job_id}")
+    ended = redis.ttl(job_key(job_id))
+    settings = Settings()
+    assert settings.job_ttl_s - 5 < ended <= settings.job_ttl_s < pending
+    assert 0 < redis.ttl(job_key(job_id, "image")) <= settings.job_ttl_s
