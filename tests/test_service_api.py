@@ -112,7 +112,7 @@ BAD_INPUTS = [
         "cs without evaluate",
         request({"degradations": [{"op": "cs", "ratio": 0.25}]}),
         422,
-        'spec: cs coefficients cannot be uploaded as an image: send the clean image with "evaluate"',
+        'spec: cs coefficients cannot be uploaded as an image: send the clean image',
     ),
     ("too many pixels", request(image=png(np.zeros((400, 400, 3), np.uint8))), 413, "pixels"),
     ("too many bytes", request(image=b"x" * (MAX_UPLOAD_BYTES + 1)), 413, "over the limit"),
