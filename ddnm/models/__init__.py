@@ -18,6 +18,8 @@ _EXPORTS = {
     "build_network": "ddnm.models.loading",
     "read_state_dict": "ddnm.models.loading",
     "convert_checkpoint": "ddnm.models.loading",
+    "load_registered": "ddnm.models.loading",
+    "registered_schedule": "ddnm.models.loading",
     "as_denoiser": "ddnm.models.adapters",
     "ClassifierGuidance": "ddnm.models.adapters",
 }
@@ -28,7 +30,9 @@ if TYPE_CHECKING:
         build_network,
         convert_checkpoint,
         load_network,
+        load_registered,
         read_state_dict,
+        registered_schedule,
     )
 
 __all__ = [
@@ -37,7 +41,9 @@ __all__ = [
     "build_network",
     "convert_checkpoint",
     "load_network",
+    "load_registered",
     "read_state_dict",
+    "registered_schedule",
 ]
 
 

@@ -121,6 +121,18 @@ def _class_labels(label: int | Tensor | None, network: nn.Module, guided: bool) 
     return labels
 
 
+def prepare(
+    network: nn.Module, device: torch.device | str | None, dtype: torch.dtype | None
+) -> nn.Module:
+    """Move `network` to `device` and run its torso in `dtype` (in place; None: leave as is)."""
+    if dtype is not None:
+        check_torso_dtype(dtype)
+        network.convert_torso(dtype)  # type: ignore[operator]
+    if device is not None:
+        network.to(device)
+    return network
+
+
 WRAPPERS: dict[type[nn.Module], type[Denoiser]] = {UNetModel: ADMDenoiser, Model: DDPMDenoiser}
 
 

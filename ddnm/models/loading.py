@@ -27,6 +27,8 @@ from torch import Tensor, nn
 from ddnm.models.adm_classifier import classifier_from_config
 from ddnm.models.adm_unet import unet_from_config
 from ddnm.models.ddpm_unet import model_from_config
+from ddnm.models.registry import RegistryEntry, checkpoint_path, get_entry, load_registry, verify
+from ddnm.schedules import Schedule, linear_schedule
 
 Config = Mapping[str, object]
 BUILDERS: dict[str, Callable[[Config], nn.Module]] = {
@@ -122,10 +124,19 @@ def load_network(
     path: str | Path | None,
     arch: str = "adm",
     config: Config | str | Path | None = None,
+    *,
+    model_dir: Path | None = None,
 ) -> nn.Module:
     """The network of `arch` built from `config`, with the weights of checkpoint `path` (float32,
     CPU, eval mode), or freshly initialised when `path` is None (on the default device: use
-    `with torch.device("meta"):` to build without allocating)."""
+    `with torch.device("meta"):` to build without allocating).
+
+    `path` may also be a registry name: its checkpoint (in `model_dir` unless packaged), arch and
+    config then replace the arguments.
+    """
+    if isinstance(path, str) and path in load_registry():
+        entry = get_entry(path)
+        path, arch, config = checkpoint_path(entry, model_dir), entry.arch, entry.config
     if config is None:
         raise ValueError(f"config is required to build arch {arch!r}")
     if path is None:
@@ -136,14 +147,58 @@ def load_network(
     return load_weights(network, state_dict)
 
 
-def convert_checkpoint(src: str | Path, dst: str | Path) -> int:
+def convert_checkpoint(
+    src: str | Path, dst: str | Path, arch: str = "adm", config: Config | None = None
+) -> int:
     """Rewrite checkpoint `src` (.pt / .ckpt / .safetensors) as `dst` (.safetensors), returning
-    the number of tensors written. The tensors are stored unchanged (dtype and values)."""
+    the number of tensors written. The tensors are stored unchanged (dtype and values). With a
+    `config`, the tensors are first checked against that network, and `arch` and the config (as
+    JSON) are stored in the file's header (metadata keys "arch" and "config")."""
     from safetensors.torch import save_file
 
     dst = Path(dst)
     if dst.suffix != ".safetensors":
         raise ValueError(f"dst must end in .safetensors, got {dst.name}")
     state = read_state_dict(src)
-    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, dst)
+    metadata = None
+    if config is not None:
+        with torch.device("meta"):
+            check_state_dict(build_network(arch, config), state)
+        metadata = {"arch": arch, "config": json.dumps(config)}
+    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, dst, metadata)
     return len(state)
+
+
+def registered_schedule(entry: RegistryEntry) -> Schedule:
+    """The noise schedule a registry model was trained with."""
+    kwargs = dict(entry.schedule)
+    if kwargs.pop("kind") != "linear":
+        raise ValueError(f"{entry.name}: only linear schedules are supported")
+    return linear_schedule(**kwargs)
+
+
+def load_registered(
+    name: str | RegistryEntry,
+    model_dir: Path | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[nn.Module, RegistryEntry, str]:
+    """A registry model ready to run: (network, its registry entry, the checkpoint's SHA-256).
+
+    `name`: a registry name (or an entry, e.g. a mirror's copy of one).
+    The checkpoint is verified against the registry's hash (or the one recorded at download)
+    before loading; `model_dir` is where downloaded checkpoints live (packaged models ignore it).
+    The network is moved to `device` with its torso in `dtype` (float16 / bfloat16: the
+    reference's mixed-precision split; see adapters.py). Raises FileNotFoundError, naming the
+    `ddnm models pull` command and the URL, when the checkpoint is absent.
+    """
+    from ddnm.models.adapters import prepare
+
+    entry = name if isinstance(name, RegistryEntry) else get_entry(name)
+    try:
+        sha256 = verify(entry, model_dir)
+    except FileNotFoundError as err:
+        hint = "" if entry.packaged else f"run `ddnm models pull {entry.name}`, or "
+        raise FileNotFoundError(f"{hint}{err}") from err
+    network = load_network(checkpoint_path(entry, model_dir), entry.arch, entry.config)
+    return prepare(network, device, dtype), entry, sha256
