@@ -9,8 +9,10 @@ Notation:
     loss         || eps - eps_theta(x_t, t) ||^2, averaged               (DDPM Eq. 14, L_simple)
 
 The trainer keeps an exponential moving average (EMA) of the weights, which is the network
-that gets exported. All randomness (crops, flips, t, eps) comes from one explicit
-`torch.Generator`; its state is part of every checkpoint, so a resumed run continues exactly.
+that gets exported. Its decay warms up as min(ema_decay, (1 + k) / (10 + k)) at step k, so that
+the random initial weights wash out of the average within a short run. All randomness (crops,
+flips, t, eps) comes from one explicit `torch.Generator`; its state is part of every checkpoint,
+so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class TrainOptions:
     batch_size:  crops per step.
     crop_size:   side s of the square training crops (the network's native size).
     lr:          Adam learning rate.
-    ema_decay:   EMA decay per step, in [0, 1).
+    ema_decay:   EMA decay per step once warmed up, in [0, 1) (see `ema_decay_at`).
     seed:        seed of the generator behind every random draw.
     """
 
@@ -132,6 +134,11 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e_buffer.copy_(buffer)
 
 
+def ema_decay_at(ema_decay: float, step: int) -> float:
+    """EMA decay used after optimiser step `step` (0-based): min(ema_decay, (1 + k) / (10 + k))."""
+    return min(ema_decay, (1.0 + step) / (10.0 + step))
+
+
 def train_step(
     state: TrainState, images: Sequence[Tensor], schedule: Schedule, options: TrainOptions
 ) -> float:
@@ -142,7 +149,7 @@ def train_step(
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     state.optimizer.step()
-    update_ema(state.ema, state.model, options.ema_decay)
+    update_ema(state.ema, state.model, ema_decay_at(options.ema_decay, state.step))
     state.step += 1
     return float(loss.detach())
 

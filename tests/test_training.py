@@ -100,6 +100,13 @@ def test_update_ema() -> None:
         torch.testing.assert_close(e, 0.9 * b + 0.1 * p)
 
 
+def test_ema_decay_warms_up() -> None:
+    assert training.ema_decay_at(0.999, 0) == pytest.approx(0.1)
+    assert training.ema_decay_at(0.999, 90) == pytest.approx(0.91)
+    assert training.ema_decay_at(0.999, 10**6) == 0.999
+    assert training.ema_decay_at(0.0, 5) == 0.0
+
+
 def fixed_batch_loss(model: torch.nn.Module, images: list[torch.Tensor]) -> float:
     generator = torch.Generator().manual_seed(123)
     x0 = training.random_crops(images, 16, 16, generator)
