@@ -53,6 +53,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model", default=DEFAULT_MODEL, help="registered model name or a .safetensors path"
     )
+    parser.add_argument(
+        "--model-dir", help="downloaded checkpoints (default: $DDNM_MODEL_DIR, as `ddnm models`)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="restored image path")
     parser.add_argument("--evaluate", type=Path, help="clean image: print PSNR / SSIM against it")
@@ -110,8 +113,9 @@ def read_observation(image: np.ndarray, grey: bool) -> Tensor:
     return y.mean(dim=1, keepdim=True) if grey else y
 
 
-def load_model(model: str) -> nn.Module:
-    """A registered model by name, or a .safetensors file whose header holds its config."""
+def load_model(model: str, model_dir: Path | None = None) -> nn.Module:
+    """A registered model by name (downloaded ones looked up in `model_dir`), or a .safetensors
+    file whose header holds its config."""
     from ddnm import models
 
     path = Path(model)
@@ -126,7 +130,7 @@ def load_model(model: str) -> nn.Module:
             raise ValueError(f"{path} has no network config in its header; use a model name")
         config = json.loads(metadata["config"])
         return models.load_network(path, arch=metadata.get("arch", "adm"), config=config)
-    network, _entry, _sha = models.load_registered(model)
+    network, _entry, _sha = models.load_registered(model, model_dir)
     return network
 
 
@@ -143,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from ddnm.imaging import load_image, load_mask, save_image, to_tensor, to_uint8
     from ddnm.metrics import psnr, ssim
     from ddnm.models.adapters import as_denoiser
+    from ddnm.models.commands import model_dir
     from ddnm.operators import compose, measure
     from ddnm.sampling import SamplerOptions, StepInfo, sample
     from ddnm.schedules import linear_schedule
@@ -169,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
     if h % 8 or w % 8:
         raise ValueError(f"the restored image must have sides divisible by 8, got {h}x{w}")
 
-    denoiser = as_denoiser(load_model(spec.model or DEFAULT_MODEL), device=args.device)
+    network = load_model(spec.model or DEFAULT_MODEL, model_dir(args))
+    denoiser = as_denoiser(network, device=args.device)
     options = SamplerOptions(steps=spec.steps, eta=spec.eta, sigma_y=spec.sigma_y)
     bar = tqdm(desc="restore", unit="step")
 
