@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODEL = "ddnm-small"
+DEFAULT_MODEL = "ddnm-small-32"  # the project's own small model, shipped in the package
 
 
 class Settings(BaseSettings):

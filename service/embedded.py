@@ -25,8 +25,10 @@ from typing import IO
 
 import httpx
 
+from contract.settings import DEFAULT_MODEL
+
 REPO = Path(__file__).resolve().parents[1]
-# until the project's own default model is registered: the small reference network (32x32)
+# while the project's default model has no weights installed: the small reference network (32x32)
 FIXTURE_MODELS = REPO.parent / "shared" / "fixtures" / "reference" / "models"
 FIXTURE_MODEL_ENV = {
     "DDNM_MODEL": "guided-small-fixture",
@@ -34,6 +36,13 @@ FIXTURE_MODEL_ENV = {
     "DDNM_MODEL_CONFIG_FILE": str(FIXTURE_MODELS / "guided_small_config.json"),
 }
 STOP_GRACE_S = 10.0
+
+
+def default_model_env() -> dict[str, str]:
+    """No model settings when the default model's weights are installed, else the fixture's."""
+    from ddnm.models.registry import checkpoint_path  # reads the registry; no torch
+
+    return {} if checkpoint_path(DEFAULT_MODEL, None).is_file() else FIXTURE_MODEL_ENV
 
 
 def free_port() -> int:
@@ -157,7 +166,7 @@ class Stack:
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
         if "DDNM_MODEL" not in env and "DDNM_MODEL" not in self.env:
-            env |= FIXTURE_MODEL_ENV
+            env |= default_model_env()
         return env | self.env
 
     def spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -12,7 +10,8 @@ from torch import nn
 from contract.jobs import ModelInfo
 from contract.settings import Settings
 from contract.spec import TaskSpec
-from ddnm.models import as_denoiser, load_network
+from ddnm.models import as_denoiser, load_network, load_registered, registered_schedule, registry
+from ddnm.models.adapters import prepare
 from ddnm.sampling import Denoiser
 from ddnm.schedules import Schedule, linear_schedule
 
@@ -43,14 +42,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def native_size(network: nn.Module) -> int:
     """The image side the network was trained at (ADM `image_size`, DDPM `resolution`)."""
     size = getattr(network, "image_size", None) or getattr(network, "resolution", None)
@@ -60,19 +51,40 @@ def native_size(network: nn.Module) -> int:
 
 
 def load_model(settings: Settings) -> ServedModel:
-    """Load the configured model onto the configured device (raises with the reason on failure)."""
-    device = resolve_device(settings.device)
-    if settings.model_file is None:
-        raise NotImplementedError("registry models")
+    """Load the configured model onto the configured device: a registry model (downloaded into
+    DDNM_MODEL_DIR first if needed, checksum verified) or a checkpoint file. Raises with the
+    reason when it cannot."""
+    device, dtype = resolve_device(settings.device), getattr(torch, settings.dtype)
+    if settings.model_file is not None:
+        return _load_file(settings, device, dtype)
+    entry = registry.get_entry(settings.model)
+    for name in filter(None, (entry.name, entry.classifier)):
+        registry.pull(name, settings.model_dir, progress=False)
+    network, entry, sha256 = load_registered(entry, settings.model_dir, device, dtype)
+    classifier = None
+    if entry.classifier is not None:
+        classifier = load_registered(entry.classifier, settings.model_dir, device)[0]
+    info = ModelInfo(
+        name=entry.name,
+        checkpoint_sha256=sha256,
+        image_size=entry.image_size,
+        class_conditional=entry.class_conditional,
+        classifier=classifier is not None,
+    )
+    return ServedModel(info, network, classifier, registered_schedule(entry), device)
+
+
+def _load_file(settings: Settings, device: torch.device, dtype: torch.dtype) -> ServedModel:
+    """A checkpoint outside the registry (DDNM_MODEL_FILE + DDNM_MODEL_CONFIG_FILE), served as
+    DDNM_MODEL on the linear schedule."""
+    assert settings.model_file is not None
     network = load_network(
         settings.model_file, arch=settings.model_arch, config=settings.model_config_file
     )
-    sha256 = file_sha256(settings.model_file)
-    as_denoiser(network, device=device, dtype=getattr(torch, settings.dtype))  # moves, converts
     info = ModelInfo(
         name=settings.model,
-        checkpoint_sha256=sha256,
+        checkpoint_sha256=registry.sha256_file(settings.model_file),
         image_size=native_size(network),
         class_conditional=getattr(network, "num_classes", None) is not None,
     )
-    return ServedModel(info, network, None, linear_schedule(), device)
+    return ServedModel(info, prepare(network, device, dtype), None, linear_schedule(), device)

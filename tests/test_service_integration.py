@@ -1,0 +1,253 @@
+"""The service end to end with real parts: a private redis-server, two Celery worker processes
+(`python -m worker`) and uvicorn on a loopback port, driven over HTTP with httpx. The model is the
+small reference network (32x32); jobs use few steps. The last test kills a worker."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from datetime import datetime
+
+import numpy as np
+import pytest
+import torch
+from httpx import Client
+from PIL import Image
+from redis import Redis
+
+from contract.jobs import JOBS_COUNTER_KEY, job_key, queue_name
+from contract.spec import TaskSpec
+from ddnm import imaging
+from service.embedded import FIXTURE_MODEL_ENV, Stack, free_port
+from tests.test_service_api import (
+    BAD_INPUTS,
+    LIMITS_ENV,
+    MASK,
+    box_downsample,
+    crop,
+    parse_events,
+    png,
+    request,
+)
+from worker.pipeline import chain_operator
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MODEL = FIXTURE_MODEL_ENV["DDNM_MODEL"]
+FIXTURE_SHA256 = "2e9c11d132c0563073ce28e12ee7db12025e954aea285e7fffb0384f7c40e4c3"
+ENV = {
+    **FIXTURE_MODEL_ENV,
+    **LIMITS_ENV,
+    "DDNM_PROGRESS_INTERVAL_S": "0",  # every step, to watch progress advance
+    "DDNM_JOB_TIME_LIMIT_S": "20",
+    "DDNM_VISIBILITY_TIMEOUT_S": "25",  # a killed worker's job is handed out after 25 s
+    "DDNM_REDELIVERY_CHECK_S": "1",
+    "DDNM_HEARTBEAT_S": "1",
+    "OMP_NUM_THREADS": "1",
+}
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    logs = tmp_path_factory.mktemp("service-logs")
+    with Stack(port=free_port(), workers=2, env=ENV, log_dir=logs) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> Iterator[Client]:
+    with Client(base_url=stack.url, timeout=30.0) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def redis(stack: Stack) -> Iterator[Redis]:
+    r = Redis.from_url(stack.env["DDNM_REDIS_URL"])
+    yield r
+    r.close()
+
+
+def submit(client: Client, spec: dict, image: bytes, mask: bytes | None = None) -> dict:
+    response = client.post("/restore", **request(spec, image, mask))
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def wait(client: Client, job_id: str, timeout_s: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["status"] in TERMINAL:
+            return job
+        time.sleep(0.1)
+    raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s} s")
+
+
+def wait_running(client: Client, job_id: str, min_step: int) -> dict:
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["status"] == "running" and job["progress"]["step"] >= min_step:
+            return job
+        assert job["status"] in ("queued", "running"), job
+        time.sleep(0.02)
+    raise TimeoutError(f"job {job_id} did not reach step {min_step}")
+
+
+def result_image(client: Client, job: dict) -> np.ndarray:
+    response = client.get(job["result_url"])
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    return np.asarray(Image.open(io.BytesIO(response.content)))
+
+
+def test_photo_4x_super_resolution_end_to_end(client: Client) -> None:
+    x = crop()
+    y = box_downsample(x, 4).round().astype(np.uint8)
+    spec = {"degradations": [{"op": "downsample", "factor": 4, "filter": "box"}], "steps": 20}
+    job = submit(client, spec, png(y))
+    assert job["status"] == "queued"
+    with client.stream("GET", job["events_url"]) as stream:  # ends after the final status
+        events = parse_events("".join(stream.iter_text()))
+    statuses = [e["data"]["status"] for e in events if e["event"] == "status"]
+    assert statuses == ["queued", "running", "succeeded"]
+    running_at = next(i for i, e in enumerate(events) if e["data"].get("status") == "running")
+    steps = [e["data"]["step"] for e in events[running_at:-1]]
+    assert all(e["event"] == "progress" for e in events[running_at + 1 : -1])
+    assert steps[1:] == sorted(steps[1:]) and steps[-1] == 20 and len(set(steps)) > 5
+
+    done = client.get(f"/jobs/{job['id']}").json()
+    assert done["status"] == "succeeded" and done["attempts"] == 1
+    assert done["progress"] == {"step": 20, "total": 20, "eta_s": 0.0}
+    assert done["model"] == {"name": MODEL, "checkpoint_sha256": FIXTURE_SHA256}
+    assert done["started_at"] >= done["created_at"] and done["finished_at"] > done["started_at"]
+    assert done["consistency"] < 1e-4
+    result = result_image(client, done)
+    assert result.shape == (32, 32, 3)
+    # A(result) = y up to rounding the result to 8 bits (half a level per pixel)
+    assert np.abs(box_downsample(result, 4) - y).max() <= 0.5 + 0.02
+
+    resumed = client.get(job["events_url"], headers={"Last-Event-ID": events[4]["id"]})
+    assert parse_events(resumed.text) == events[5:]
+
+
+def degraded(spec: dict, x: np.ndarray, mask: np.ndarray | None) -> bytes:
+    """The observation a chain makes of x, as the PNG a client would upload."""
+    s = TaskSpec.model_validate({**spec, "seed": 0})
+    known = None if mask is None else torch.from_numpy(mask >= 128).float()
+    y = chain_operator(s, (3, 32, 32), known).A(imaging.to_tensor(x))
+    u8 = ((y[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return png(u8[..., 0] if u8.shape[2] == 1 else u8)
+
+
+OLD_PHOTO = [{"op": "inpaint"}, {"op": "grayscale"}, {"op": "downsample", "factor": 4}]
+EVERY_OP = {
+    "downsample bicubic": [{"op": "downsample", "factor": 2, "filter": "bicubic"}],
+    "blur gaussian": [{"op": "blur", "kernel": "gaussian", "sigma": 1.0}],
+    "blur uniform": [{"op": "blur", "kernel": "uniform", "size": 5}],
+    "blur anisotropic": [
+        {"op": "blur", "kernel": "anisotropic", "sigma_rows": 2.0, "sigma_cols": 0.5}
+    ],
+    "grayscale": [{"op": "grayscale"}],
+    "inpaint": [{"op": "inpaint"}],
+    "old photo": OLD_PHOTO,
+    "blur then downsample": [{"op": "blur"}, {"op": "downsample", "factor": 2}],
+}
+EVALUATE = {
+    "cs walsh_hadamard": [{"op": "cs", "ratio": 0.25}],
+    "cs block": [{"op": "cs", "ratio": 0.25, "kind": "block", "block_size": 8}],
+    "downsample, noisy": [{"op": "downsample", "factor": 2}],
+    "denoise": [{"op": "denoise"}],
+}
+
+
+def test_every_op_and_the_old_photo_chain(client: Client) -> None:
+    x = crop()
+    jobs = {}
+    for name, chain in EVERY_OP.items():
+        spec = {"degradations": chain, "steps": 5}
+        mask = MASK if any(d["op"] == "inpaint" for d in chain) else None
+        jobs[name] = submit(
+            client, spec, degraded(spec, x, mask), None if mask is None else png(mask)
+        )
+    for name, chain in EVALUATE.items():
+        sigma_y = 0.05 if name in ("downsample, noisy", "denoise") else 0.0
+        spec = {"degradations": chain, "steps": 5, "evaluate": True, "sigma_y": sigma_y}
+        jobs[name] = submit(client, spec, png(x))
+    done = {name: wait(client, job["id"]) for name, job in jobs.items()}
+    for name, job in done.items():
+        assert job["status"] == "succeeded", (name, job["error"])
+        assert result_image(client, job).shape == (32, 32, 3), name
+        if job["spec"]["sigma_y"] == 0:
+            # y quantized to 8 bits may lie a little outside what [0, 255] images can produce
+            assert job["consistency"] < 5e-3, (name, job["consistency"])
+    for name in EVALUATE:
+        evaluation = done[name]["evaluation"]
+        assert evaluation is not None and 0 < evaluation["psnr"] < 100, name
+        assert -1 <= evaluation["ssim"] <= 1, name
+    assert done["grayscale"]["evaluation"] is None
+    # two workers consume the one queue
+    assert len({job["worker"] for job in done.values()}) == 2
+
+
+def test_cancel_a_running_job(client: Client) -> None:
+    job = submit(client, {"degradations": [{"op": "grayscale"}], "steps": 200}, png(crop()[..., 0]))
+    wait_running(client, job["id"], min_step=3)
+    asked_at = time.time()
+    response = client.delete(f"/jobs/{job['id']}")
+    assert response.status_code == 202 and response.json()["cancel_requested"]
+    final = wait(client, job["id"])
+    assert final["status"] == "canceled"
+    stopped_at = final["progress"]["step"]
+    assert 3 <= stopped_at < 200
+    finished = _epoch(final["finished_at"])
+    seconds_per_step = (finished - _epoch(final["started_at"])) / stopped_at
+    # the sampler checks at every step: it stops within about one step's time
+    assert finished - asked_at < 2 * seconds_per_step + 0.5, (finished - asked_at, seconds_per_step)
+    assert client.get(f"/jobs/{job['id']}/result").status_code == 409
+    events = parse_events(client.get(job["events_url"]).text)
+    assert events[-1]["data"]["status"] == "canceled"
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def test_bad_inputs_are_refused_and_nothing_enqueued(client: Client, redis: Redis) -> None:
+    before = (len(list(redis.scan_iter(match=job_key("*")))), redis.hgetall(JOBS_COUNTER_KEY))
+    for name, kwargs, status, message in BAD_INPUTS:
+        if name == "unknown model":
+            kwargs = request({"degradations": [{"op": "grayscale"}], "model": "nope"})
+        response = client.post("/restore", **kwargs)
+        assert response.status_code == status, (name, response.text)
+        assert message.replace("test-model", MODEL) in response.json()["detail"], name
+    after = (len(list(redis.scan_iter(match=job_key("*")))), redis.hgetall(JOBS_COUNTER_KEY))
+    assert after == before
+    assert redis.llen(queue_name(MODEL)) == 0
+
+
+def test_readiness_models_and_metrics(client: Client) -> None:
+    ready = client.get("/readyz").json()
+    assert ready["ready"] and len(ready["workers"]) == 2
+    assert client.get("/models").json()[0]["workers_ready"] == 2
+    text = client.get("/metrics").text
+    assert 'ddnm_jobs_total{status="succeeded"}' in text
+    count = next(line for line in text.splitlines() if line.startswith("ddnm_step_seconds_count"))
+    assert float(count.split()[1]) > 20
+
+
+def test_killing_a_worker_mid_job_does_not_lose_the_job(client: Client, stack: Stack) -> None:
+    job = submit(client, {"degradations": [{"op": "grayscale"}], "steps": 60}, png(crop()[..., 0]))
+    running = wait_running(client, job["id"], min_step=5)
+    killed = running["worker"]
+    pid = int(killed.rsplit("-", 1)[1])
+    (name,) = [n for n in stack.workers if stack.processes[n].pid == pid]
+    stack.kill(name)  # SIGKILL, mid-job: no acknowledgement, no status update
+    final = wait(client, job["id"], timeout_s=90.0)
+    assert final["status"] == "succeeded", final["error"]
+    assert final["attempts"] == 2 and final["worker"] != killed
+    assert final["progress"]["step"] == 60
+    # the survivor carries on
+    assert [w["worker"] for w in client.get("/readyz").json()["workers"]] == [final["worker"]]
