@@ -48,6 +48,7 @@ class StepInfo:
     x0: Tensor
 
 
+@torch.no_grad()
 def sample(
     denoiser: Denoiser,
     schedule: Schedule,
@@ -67,6 +68,8 @@ def sample(
     step_noise: per-transition standard-normal draws of shape (B, C, H, W), consumed in order.
     Returns x0 (B, C, H, W), unclamped (about [-1, 1]); with sigma_y = 0, A x0 = y up to rounding.
     An exception raised by `callback` stops the run and propagates (e.g. to cancel a job).
+    Runs without autograd; a denoiser that needs gradients (classifier guidance) enables them
+    locally.
     """
     if not operator.exact_pinv:
         raise ValueError(
