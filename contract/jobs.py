@@ -79,8 +79,7 @@ class JobRecord(BaseModel):
     @classmethod
     def from_redis(cls, fields: dict[Any, Any]) -> JobRecord:
         """From HGETALL's answer (bytes or str keys and values)."""
-        text = {as_text(k): as_text(v) for k, v in fields.items()}
-        return cls.model_validate({k: v for k, v in text.items() if v != ""})
+        return cls.model_validate({as_text(k): as_text(v) for k, v in fields.items()})
 
     def to_redis(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.model_dump(exclude_none=True).items()}

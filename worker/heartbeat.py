@@ -37,9 +37,9 @@ class HeartbeatThread(threading.Thread):
 
     def beat(self) -> None:
         state = self.state.model_copy(update={"at": time.time()})
-        ttl = math.ceil(self.interval * HEARTBEAT_MISSES)
+        ttl_ms = math.ceil(1000 * self.interval * HEARTBEAT_MISSES)
         try:
-            self.redis.set(self.key, state.model_dump_json(), ex=ttl)
+            self.redis.set(self.key, state.model_dump_json(), px=ttl_ms)
         except RedisError as err:
             log.warning("heartbeat not written: %s", err)
 

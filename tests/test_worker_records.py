@@ -1,0 +1,161 @@
+"""The worker's side of the job records and its heartbeat, on a real Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+import torch
+from redis import Redis
+
+from contract.jobs import (
+    JOB_SECONDS,
+    STEP_SECONDS,
+    WORKER_KEY,
+    Heartbeat,
+    JobRecord,
+    Status,
+    job_key,
+)
+from contract.settings import Settings
+from ddnm.sampling import StepInfo
+from service.embedded import RedisServer
+from worker.heartbeat import HeartbeatThread
+from worker.records import JobCanceled, JobRun, JobTimedOut
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with RedisServer() as url:
+        yield url
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Redis]:
+    client = Redis.from_url(redis_url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+def queued(redis: Redis, job_id: str = "j") -> None:
+    record = JobRecord(
+        status=Status.QUEUED, created_at=time.time(), spec="{}", model="m", seed=1, upload_sha256=""
+    )
+    redis.hset(job_key(job_id), mapping=record.to_redis())
+
+
+def info(step: int, total: int = 10) -> StepInfo:
+    x = torch.zeros(1)
+    return StepInfo(step, total, 0, -1, x, x)
+
+
+def record(redis: Redis, job_id: str = "j") -> JobRecord:
+    return JobRecord.from_redis(redis.hgetall(job_key(job_id)))
+
+
+def events(redis: Redis, job_id: str = "j") -> list[tuple[str, dict]]:
+    entries = redis.xrange(job_key(job_id, "events"))
+    return [(f[b"event"].decode(), json.loads(f[b"data"])) for _, f in entries]
+
+
+def test_claims_a_queued_job_and_again_after_a_lost_worker(redis: Redis) -> None:
+    queued(redis)
+    assert JobRun(redis, Settings(), "j", "w1").start() is not None
+    assert (record(redis).status, record(redis).attempts, record(redis).worker) == (
+        Status.RUNNING, 1, "w1",
+    )  # fmt: skip
+    # handed out again after w1 was lost: w2 takes over
+    assert JobRun(redis, Settings(), "j", "w2").start() is not None
+    assert (record(redis).attempts, record(redis).worker) == (2, "w2")
+
+
+def test_skips_canceled_done_and_missing_jobs(redis: Redis) -> None:
+    queued(redis)
+    redis.hset(job_key("j"), "status", "canceled")
+    assert JobRun(redis, Settings(), "j", "w").start() is None
+    assert record(redis).status == Status.CANCELED
+    assert JobRun(redis, Settings(), "missing", "w").start() is None
+
+
+def test_cancel_request_stops_at_the_next_step(redis: Redis) -> None:
+    queued(redis)
+    run = JobRun(redis, Settings(), "j", "w")
+    run.start()
+    run.on_step(info(1))
+    redis.hset(job_key("j"), "cancel_requested_at", time.time())
+    with pytest.raises(JobCanceled, match="step 2 of 10"):
+        run.on_step(info(2))
+    run.cancel()
+    assert record(redis).status == Status.CANCELED
+
+
+def test_time_limit(redis: Redis) -> None:
+    queued(redis)
+    run = JobRun(redis, Settings(job_time_limit_s=0.05, visibility_timeout_s=1), "j", "w")
+    run.start()
+    run.on_step(info(1))
+    time.sleep(0.06)
+    with pytest.raises(JobTimedOut, match=r"time limit of 0\.05 s"):
+        run.on_step(info(2))
+
+
+def test_progress_is_throttled_and_the_last_step_always_written(redis: Redis) -> None:
+    queued(redis)
+    run = JobRun(redis, Settings(progress_interval_s=60), "j", "w")
+    run.start()
+    for step in range(1, 11):
+        run.on_step(info(step))
+    progress = [data["step"] for kind, data in events(redis) if kind == "progress"]
+    assert progress == [1, 10]
+    assert (record(redis).step, record(redis).total, record(redis).eta_s) == (10, 10, 0)
+    # every step is observed in the histogram, written with the progress
+    assert redis.hget(STEP_SECONDS.key, "count") == b"10"
+
+
+def test_success_stores_the_result_and_expires_the_job(redis: Redis) -> None:
+    queued(redis)
+    redis.set(job_key("j", "image"), b"upload")
+    settings = Settings(job_ttl_s=100)
+    run = JobRun(redis, settings, "j", "w")
+    run.start()
+    run.on_step(info(1, 1))
+    run.succeed(b"png bytes", consistency=1e-7, checkpoint_sha256="ab")
+    done = record(redis)
+    assert done.status == Status.SUCCEEDED and done.consistency == 1e-7
+    assert done.checkpoint_sha256 == "ab" and done.finished_at is not None
+    assert redis.get(job_key("j", "result")) == b"png bytes"
+    for part in ("", "image", "result", "events"):
+        assert 0 < redis.ttl(job_key("j", part)) <= 100, part
+    assert [data["status"] for kind, data in events(redis) if kind == "status"] == [
+        "running", "succeeded",
+    ]  # fmt: skip
+    assert redis.hget(JOB_SECONDS.key, "count") == b"1"
+
+
+def test_failure_records_the_error(redis: Redis) -> None:
+    queued(redis)
+    run = JobRun(redis, Settings(), "j", "w")
+    run.start()
+    run.fail("ValueError: bad")
+    assert (record(redis).status, record(redis).error) == (Status.FAILED, "ValueError: bad")
+
+
+def test_heartbeat_announces_state_and_expires(redis: Redis) -> None:
+    beat = HeartbeatThread(redis, Settings(heartbeat_s=0.2), "w1")
+    beat.beat()
+    beat.start()
+    key = WORKER_KEY.format("w1")
+    state = Heartbeat.model_validate_json(redis.get(key) or b"")
+    assert not state.ready and state.message == "loading the model"
+    beat.update(ready=True, message="", job="j")
+    state = Heartbeat.model_validate_json(redis.get(key) or b"")
+    assert state.ready and state.job == "j"
+    assert 0 < redis.pttl(key) <= 600  # three beats
+    first = state.at
+    time.sleep(0.5)
+    assert Heartbeat.model_validate_json(redis.get(key) or b"").at > first  # still beating
+    beat.stop()
+    assert redis.get(key) is None
