@@ -22,7 +22,8 @@ from contract.jobs import (
 from contract.settings import Settings
 from ddnm.sampling import StepInfo
 from service.embedded import RedisServer
-from worker.heartbeat import HeartbeatThread
+from worker.health import check
+from worker.heartbeat import HeartbeatThread, worker_id
 from worker.records import JobCanceled, JobRun, JobTimedOut
 
 
@@ -159,3 +160,17 @@ def test_heartbeat_announces_state_and_expires(redis: Redis) -> None:
     assert Heartbeat.model_validate_json(redis.get(key) or b"").at > first  # still beating
     beat.stop()
     assert redis.get(key) is None
+
+
+def test_container_healthcheck(redis: Redis) -> None:
+    assert check(redis) == "no heartbeat from a worker on this host"
+    loading = Heartbeat(worker=worker_id(1), model="m", ready=False, message="no GPU", at=0)
+    redis.set(WORKER_KEY.format(worker_id(1)), loading.model_dump_json())
+    redis.set(
+        WORKER_KEY.format("elsewhere-2"),
+        loading.model_copy(update={"ready": True}).model_dump_json(),
+    )
+    assert check(redis) == "no GPU"  # another host's worker does not make this one healthy
+    ready = loading.model_copy(update={"worker": worker_id(2), "ready": True})
+    redis.set(WORKER_KEY.format(worker_id(2)), ready.model_dump_json())
+    assert check(redis) is None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 
 from redis import Redis
@@ -18,7 +17,7 @@ from contract.jobs import MODELS_KEY, queue_name
 from contract.settings import Settings
 from worker import tasks
 from worker.celery_app import configure
-from worker.heartbeat import HeartbeatThread
+from worker.heartbeat import HeartbeatThread, worker_id
 from worker.models import ServedModel, load_model
 
 log = logging.getLogger("worker")
@@ -39,16 +38,16 @@ def load_until_ready(settings: Settings, heartbeat: HeartbeatThread) -> ServedMo
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings()
-    worker_id = f"{socket.gethostname()}-{os.getpid()}"
+    this_worker = worker_id(os.getpid())
     redis = Redis.from_url(settings.redis_url)
-    heartbeat = HeartbeatThread(redis, settings, worker_id)
+    heartbeat = HeartbeatThread(redis, settings, this_worker)
     heartbeat.beat()
     heartbeat.start()
     model = load_until_ready(settings, heartbeat)
     redis.hset(MODELS_KEY, model.info.name, model.info.model_dump_json())
     heartbeat.update(ready=True, message="", info=model.info, device=str(model.device))
     log.info("serving %s (%s) on %s", model.info.name, model.info.checkpoint_sha256, model.device)
-    tasks.RUNTIME = tasks.Runtime(settings, redis, model, worker_id, heartbeat)
+    tasks.RUNTIME = tasks.Runtime(settings, redis, model, this_worker, heartbeat)
     try:
         configure(settings).worker_main(
             [
@@ -56,7 +55,7 @@ def main() -> None:
                 "--pool=solo",
                 "--concurrency=1",
                 f"--queues={queue_name(model.info.name)}",
-                f"--hostname={worker_id}@%h",
+                f"--hostname={this_worker}@%h",
                 "--without-gossip",
                 "--without-mingle",
                 "--loglevel=INFO",

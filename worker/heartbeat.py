@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import threading
 import time
 from typing import Any
@@ -15,6 +16,11 @@ from contract.jobs import HEARTBEAT_MISSES, WORKER_KEY, Heartbeat
 from contract.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def worker_id(pid: int | str) -> str:
+    """The id of worker process `pid` on this host ("*" gives the pattern of all of them)."""
+    return f"{socket.gethostname()}-{pid}"
 
 
 class HeartbeatThread(threading.Thread):
