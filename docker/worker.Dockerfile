@@ -1,0 +1,26 @@
+# A GPU worker: PyTorch with CUDA, the ddnm library and the Celery worker. Build from the
+# repository root:  docker build -f docker/worker.Dockerfile -t ddnm-worker .
+# Needs the NVIDIA container toolkit on the host; runs on the CPU without it (slowly).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    DDNM_MODEL_DIR=/models \
+    DDNM_DEVICE=auto
+
+WORKDIR /app
+# the Linux x86-64 wheels of torch on PyPI are CUDA builds that bring their CUDA runtime libraries
+RUN pip install --no-cache-dir torch==2.13.0
+COPY pyproject.toml README.md ./
+COPY ddnm ddnm
+COPY contract contract
+COPY worker worker
+RUN pip install --no-cache-dir ".[worker]"
+
+RUN useradd --create-home --uid 10001 ddnm && mkdir -p /models && chown ddnm /models
+USER ddnm
+VOLUME /models
+# healthy once this container's worker has its model loaded (a download can take minutes)
+HEALTHCHECK --interval=15s --timeout=5s --retries=3 --start-period=600s \
+    CMD ["python", "-m", "worker.health"]
+CMD ["python", "-m", "worker"]
