@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -229,3 +231,10 @@ def test_transition_is_conditional_and_records_an_event(redis: Redis) -> None:
     assert counts[b"running"] == b"1" and counts[b"succeeded"] == b"1"
     # a job that does not exist
     assert transition(redis, "nope", Status.RUNNING, (Status.QUEUED,)) == [0, b""]
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(DDNM_[A-Z_]+)` \|", section, re.MULTILINE))
+    assert documented == {f"DDNM_{name.upper()}" for name in Settings.model_fields}
