@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 from celery import Celery
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from contract.jobs import CELERY_WIRE, TASK_NAME
@@ -69,6 +71,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, err: UploadError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, err.status_code)
+
+    @app.exception_handler(RedisError)
+    @app.exception_handler(OperationalError)
+    async def store_unavailable(request: Request, err: Exception) -> JSONResponse:
+        detail = f"the job store is unavailable ({type(err).__name__}: {err}); retry later"
+        return JSONResponse({"detail": detail}, 503)
 
     for module in (restore, jobs, models, health):
         app.include_router(module.router)

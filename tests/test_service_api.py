@@ -112,7 +112,7 @@ BAD_INPUTS = [
         "cs without evaluate",
         request({"degradations": [{"op": "cs", "ratio": 0.25}]}),
         422,
-        'spec: cs coefficients cannot be uploaded as an image: send the clean image',
+        "spec: cs coefficients cannot be uploaded as an image: send the clean image",
     ),
     ("too many pixels", request(image=png(np.zeros((400, 400, 3), np.uint8))), 413, "pixels"),
     ("too many bytes", request(image=b"x" * (MAX_UPLOAD_BYTES + 1)), 413, "over the limit"),
@@ -302,3 +302,17 @@ def test_job_record_expires_after_the_job_ends(client: TestClient, redis: Redis)
     settings = Settings()
     assert settings.job_ttl_s - 5 < ended <= settings.job_ttl_s < pending
     assert 0 < redis.ttl(job_key(job_id, "image")) <= settings.job_ttl_s
+
+
+def test_redis_down_means_retry_later() -> None:
+    server = RedisServer()
+    url = server.start()
+    Redis.from_url(url).hset(MODELS_KEY, MODEL.name, MODEL.model_dump_json())
+    with TestClient(create_app(Settings(redis_url=url, model=MODEL.name))) as c:
+        server.stop()
+        for response in (c.get(f"/jobs/{'0' * 32}"), c.post("/restore", **request())):
+            assert response.status_code == 503
+            assert "job store is unavailable" in response.json()["detail"]
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and not ready.json()["redis"]
+        assert c.get("/healthz").status_code == 200
