@@ -58,4 +58,6 @@ class Settings(BaseSettings):
                 f"DDNM_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed "
                 f"DDNM_JOB_TIME_LIMIT_S ({self.job_time_limit_s})"
             )
+        if (self.model_file is None) != (self.model_config_file is None):
+            raise ValueError("DDNM_MODEL_FILE and DDNM_MODEL_CONFIG_FILE go together")
         return self

@@ -201,6 +201,9 @@ def test_settings_refuse_a_visibility_timeout_shorter_than_jobs(
         Settings()
     monkeypatch.setenv("DDNM_VISIBILITY_TIMEOUT_S", "150")
     assert Settings().visibility_timeout_s == 150
+    monkeypatch.setenv("DDNM_MODEL_FILE", "weights.pt")
+    with pytest.raises(ValidationError, match="DDNM_MODEL_CONFIG_FILE"):
+        Settings()
 
 
 @pytest.fixture(scope="module")
