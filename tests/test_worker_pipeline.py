@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from contract.settings import Settings
+from contract.settings import DEFAULT_MODEL, Settings
 from contract.spec import TaskSpec
 from ddnm import imaging, metrics, operators
+from ddnm.models.registry import checkpoint_path, get_entry, sha256_file
 from ddnm.sampling import StepInfo
 from service.embedded import FIXTURE_MODEL_ENV
 from tests.test_service_api import MASK, box_downsample, crop, png
@@ -157,3 +159,16 @@ def test_a_raising_callback_stops_the_run(model: ServedModel) -> None:
     s = spec({"op": "grayscale"}, steps=50)
     with pytest.raises(JobCanceled):
         restore(model, s, png(crop()[..., 0]), None, callback=cancel_at_2)
+
+
+@pytest.mark.skipif(
+    not checkpoint_path(DEFAULT_MODEL, None).is_file(), reason="default model weights not installed"
+)
+def test_the_default_model_is_served_from_the_registry(tmp_path: Path) -> None:
+    served = load_model(Settings(model_dir=tmp_path))  # packaged: nothing to download
+    entry = get_entry(DEFAULT_MODEL)
+    assert served.info.name == DEFAULT_MODEL and served.info.image_size == entry.image_size
+    assert served.info.checkpoint_sha256 == sha256_file(checkpoint_path(DEFAULT_MODEL, None))
+    y = box_downsample(crop(), 4).round().astype(np.uint8)
+    result = restore(served, spec({"op": "downsample", "factor": 4}, steps=4), png(y), None)
+    assert result.consistency < 1e-4

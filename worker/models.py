@@ -58,6 +58,7 @@ def load_model(settings: Settings) -> ServedModel:
     if settings.model_file is not None:
         return _load_file(settings, device, dtype)
     entry = registry.get_entry(settings.model)
+    settings.model_dir.mkdir(parents=True, exist_ok=True)
     for name in filter(None, (entry.name, entry.classifier)):
         registry.pull(name, settings.model_dir, progress=False)
     network, entry, sha256 = load_registered(entry, settings.model_dir, device, dtype)
