@@ -3,7 +3,7 @@ run them). Pure layout and one atomic status-change script; each side brings its
 (`redis.Redis` in the worker, `redis.asyncio.Redis` in the API).
 
 Keys (prefix `ddnm:`), all of one job expiring together `job_ttl_s` after it ends:
-    job:{id}             hash: the record (FIELDS below)
+    job:{id}             hash: the record (`JobRecord`)
     job:{id}:image       bytes of the uploaded image
     job:{id}:mask        bytes of the uploaded mask (inpainting only)
     job:{id}:result      PNG bytes of the restoration

@@ -64,27 +64,27 @@ def events(redis: Redis, job_id: str = "j") -> list[tuple[str, dict]]:
 
 def test_claims_a_queued_job_and_again_after_a_lost_worker(redis: Redis) -> None:
     queued(redis)
-    assert JobRun(redis, Settings(), "j", "w1").start() is not None
+    assert JobRun(redis, Settings(), "j", "w1").start("ab") is not None
     assert (record(redis).status, record(redis).attempts, record(redis).worker) == (
         Status.RUNNING, 1, "w1",
     )  # fmt: skip
     # handed out again after w1 was lost: w2 takes over
-    assert JobRun(redis, Settings(), "j", "w2").start() is not None
+    assert JobRun(redis, Settings(), "j", "w2").start("ab") is not None
     assert (record(redis).attempts, record(redis).worker) == (2, "w2")
 
 
 def test_skips_canceled_done_and_missing_jobs(redis: Redis) -> None:
     queued(redis)
     redis.hset(job_key("j"), "status", "canceled")
-    assert JobRun(redis, Settings(), "j", "w").start() is None
+    assert JobRun(redis, Settings(), "j", "w").start("ab") is None
     assert record(redis).status == Status.CANCELED
-    assert JobRun(redis, Settings(), "missing", "w").start() is None
+    assert JobRun(redis, Settings(), "missing", "w").start("ab") is None
 
 
 def test_cancel_request_stops_at_the_next_step(redis: Redis) -> None:
     queued(redis)
     run = JobRun(redis, Settings(), "j", "w")
-    run.start()
+    run.start("ab")
     run.on_step(info(1))
     redis.hset(job_key("j"), "cancel_requested_at", time.time())
     with pytest.raises(JobCanceled, match="step 2 of 10"):
@@ -96,7 +96,7 @@ def test_cancel_request_stops_at_the_next_step(redis: Redis) -> None:
 def test_time_limit(redis: Redis) -> None:
     queued(redis)
     run = JobRun(redis, Settings(job_time_limit_s=0.05, visibility_timeout_s=1), "j", "w")
-    run.start()
+    run.start("ab")
     run.on_step(info(1))
     time.sleep(0.06)
     with pytest.raises(JobTimedOut, match=r"time limit of 0\.05 s"):
@@ -106,7 +106,7 @@ def test_time_limit(redis: Redis) -> None:
 def test_progress_is_throttled_and_the_last_step_always_written(redis: Redis) -> None:
     queued(redis)
     run = JobRun(redis, Settings(progress_interval_s=60), "j", "w")
-    run.start()
+    run.start("ab")
     for step in range(1, 11):
         run.on_step(info(step))
     progress = [data["step"] for kind, data in events(redis) if kind == "progress"]
@@ -121,9 +121,9 @@ def test_success_stores_the_result_and_expires_the_job(redis: Redis) -> None:
     redis.set(job_key("j", "image"), b"upload")
     settings = Settings(job_ttl_s=100)
     run = JobRun(redis, settings, "j", "w")
-    run.start()
+    run.start("ab")
     run.on_step(info(1, 1))
-    run.succeed(b"png bytes", consistency=1e-7, checkpoint_sha256="ab")
+    run.succeed(b"png bytes", consistency=1e-7)
     done = record(redis)
     assert done.status == Status.SUCCEEDED and done.consistency == 1e-7
     assert done.checkpoint_sha256 == "ab" and done.finished_at is not None
@@ -139,7 +139,7 @@ def test_success_stores_the_result_and_expires_the_job(redis: Redis) -> None:
 def test_failure_records_the_error(redis: Redis) -> None:
     queued(redis)
     run = JobRun(redis, Settings(), "j", "w")
-    run.start()
+    run.start("ab")
     run.fail("ValueError: bad")
     assert (record(redis).status, record(redis).error) == (Status.FAILED, "ValueError: bad")
 

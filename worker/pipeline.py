@@ -48,6 +48,11 @@ class Restoration:
     psnr: float | None = None  # evaluate mode, against the uploaded image
     ssim: float | None = None
 
+    def record_fields(self) -> dict[str, float]:
+        """The job record fields it fills (contract.jobs.JobRecord)."""
+        figures = {"consistency": self.consistency, "psnr": self.psnr, "ssim": self.ssim}
+        return {k: v for k, v in figures.items() if v is not None}
+
 
 def blur_kernel(d: Blur) -> Tensor:
     if d.kernel == "uniform":

@@ -52,9 +52,9 @@ class JobRun:
         self.last_write = -float("inf")
         self.step_seconds: list[float] = []  # not yet written to the histogram
 
-    def start(self) -> JobRecord | None:
-        """Claim the job (queued, or running when a lost worker's attempt is handed out again);
-        None when it is gone, canceled or already done."""
+    def start(self, checkpoint_sha256: str) -> JobRecord | None:
+        """Claim the job (queued, or running when a lost worker's attempt is handed out again)
+        for the model with this checkpoint; None when it is gone, canceled or already done."""
         fields = self.redis.hgetall(job_key(self.job_id))
         if not fields:
             return None
@@ -65,6 +65,7 @@ class JobRun:
             Status.RUNNING,
             (Status.QUEUED, Status.RUNNING),
             worker=self.worker_id,
+            checkpoint_sha256=checkpoint_sha256,
             attempts=record.attempts + 1,
             started_at=time.time(),
             step=0,

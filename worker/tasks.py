@@ -39,7 +39,7 @@ def restore(job_id: str) -> None:
     rt = RUNTIME
     assert rt is not None, "the worker process loads its model before consuming"
     run = JobRun(rt.redis, rt.settings, job_id, rt.worker_id)
-    record = run.start()
+    record = run.start(rt.model.info.checkpoint_sha256)
     if record is None:
         log.info("job %s skipped: canceled, done or expired", job_id)
         return
@@ -61,12 +61,6 @@ def restore(job_id: str) -> None:
         log.exception("job %s failed", job_id)
         run.fail(f"{type(err).__name__}: {err}")
     else:
-        fields: dict[str, str | float] = {
-            "consistency": result.consistency,
-            "checkpoint_sha256": rt.model.info.checkpoint_sha256,
-        }
-        if result.psnr is not None and result.ssim is not None:
-            fields |= {"psnr": result.psnr, "ssim": result.ssim}
-        run.succeed(result.png, **fields)
+        run.succeed(result.png, **result.record_fields())
     finally:
         rt.heartbeat.update(job=None)
