@@ -45,8 +45,8 @@ class BodyLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"0")
-            if int(length or 0) > self.limit:
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit:
                 detail = f"request body over the limit of {self.limit} bytes"
                 await JSONResponse({"detail": detail}, 413)(scope, receive, send)
                 return

@@ -30,7 +30,12 @@ SPEC_HELP = (
 @router.post(
     "/restore",
     status_code=202,
-    responses={413: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}},
+    responses={
+        409: {"model": Error},
+        413: {"model": Error},
+        422: {"model": Error},
+        503: {"model": Error},
+    },
 )
 async def restore(
     response: Response,
@@ -49,8 +54,10 @@ async def restore(
     except IdempotencyConflict as err:
         raise HTTPException(422, str(err)) from err
     record = await store.get(job_id)
-    if record is None:  # an idempotent replay of a job whose record has expired
-        raise HTTPException(422, "Idempotency-Key refers to an expired job; use a new key")
+    if record is None:  # a replay racing the first request, or of a job that has expired
+        raise HTTPException(
+            409, "the job of this Idempotency-Key is being admitted or has expired; retry later"
+        )
     response.headers["Location"] = f"/jobs/{job_id}"
     return Job.from_record(job_id, record)
 
