@@ -198,8 +198,8 @@ class Stack:
         """Start everything and wait until /readyz answers 200 (a worker has its model)."""
         self.redis = RedisServer()
         self.env["DDNM_REDIS_URL"] = self.redis.start()
-        for _ in range(self.n_workers):
-            self.add_worker()
+        for i in range(1, self.n_workers + 1):
+            self.spawn(f"worker{i}", [sys.executable, "-m", "worker"], self.child_env())
         self.spawn(
             "api",
             [
@@ -217,12 +217,11 @@ class Stack:
             ],
             self.child_env(),
         )
-        wait_for(self.ready, f"{self.url}/readyz", ready_timeout_s)
-
-    def add_worker(self) -> str:
-        name = f"worker{len(self.workers) + 1}"
-        self.spawn(name, [sys.executable, "-m", "worker"], self.child_env())
-        return name
+        try:
+            wait_for(self.ready, f"{self.url}/readyz", ready_timeout_s)
+        except TimeoutError as err:
+            problems = httpx.get(f"{self.url}/readyz", timeout=2.0).json()["problems"]
+            raise TimeoutError(f"{err}: {'; '.join(problems)}") from err
 
     def ready(self) -> bool:
         self.check_alive()
