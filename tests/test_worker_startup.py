@@ -14,7 +14,7 @@ from redis import Redis
 from contract.jobs import MODELS_KEY, WORKER_KEY, Heartbeat
 from service.embedded import FIXTURE_MODEL_ENV, REPO, RedisServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_worker_without_its_model_stays_not_ready_and_says_why() -> None:
