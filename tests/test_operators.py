@@ -202,6 +202,27 @@ def test_pinv_equals_dense_pseudo_inverse(name):
     assert torch.allclose(A_pinv, expected, atol=1e-9 * float(expected.abs().max()))
 
 
+def test_wrong_layouts_are_refused_not_broadcast(case):
+    """x or y with a dimension too many or too few (e.g. an unbatched image) -> ValueError."""
+    op, shape = case
+    x = randn(shape, torch.float32, 8)
+    y = op.A(x)
+    for bad_x, bad_y in ((x[0], y[0]), (x[None], y[None])):
+        with pytest.raises(ValueError, match=r"x and y must|x must"):
+            op.A(bad_x)
+        with pytest.raises(ValueError, match="y must"):
+            op.x_shape(bad_y)
+        with pytest.raises(ValueError, match="y must"):
+            op.A_pinv(bad_y)
+
+
+def test_gray_chain_refuses_a_color_measurement():
+    op = old_photo(cuts_blocks_mask())
+    y = op.A(randn((1, 3, 8, 8), torch.float32, 9))
+    with pytest.raises(ValueError, match="one channel"):
+        op.A_pinv(y.expand(1, 3, 4, 4))
+
+
 # ---- super-resolution ---------------------------------------------------------------------------
 
 
@@ -481,6 +502,8 @@ def test_permutation_is_drawn_from_the_seed_and_stored():
     replay = CompressedSensing(0.5, perm=a.perm)  # the stored perm reproduces the operator
     x = randn((1, 3, 16, 16), torch.float32, 24)
     assert torch.equal(replay.A(x), a.A(x)) and replay.image_size == (16, 16)
+    as_list = CompressedSensing(0.5, perm=a.perm.tolist())  # any sequence; stored as a tensor
+    assert torch.equal(as_list.A(x), a.A(x)) and torch.equal(as_list.perm, a.perm)
     blocks = CompressedSensing(0.5, "block", block_size=4, image_size=torch.Size([8, 16]))
     assert blocks.image_size == (8, 16) and blocks.A(x[..., :8, :]).shape == (1, 3, 2, 4, 8)
 

@@ -79,8 +79,9 @@ class SVDOperator(LinearOperator):
         """Singular values s >= 0 for an image of `shape`, broadcastable to (C, H, W) (above)."""
 
     def A(self, x: Tensor) -> Tensor:
+        c = self.V_t(x)  # checks x's shape first
         s = self.singular_values(tuple(x.shape[1:])).to(x)  # type: ignore[arg-type]
-        return self.U(s * self.V_t(x))
+        return self.U(s * c)
 
     def A_pinv(self, y: Tensor) -> Tensor:
         c = self.U_t(y)

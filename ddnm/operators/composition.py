@@ -73,6 +73,7 @@ class KroneckerProduct(SVDOperator):
         return self.spatial.A(self.channel.A(x))
 
     def A_pinv(self, y: Tensor) -> Tensor:
+        self.x_shape(y)
         return self.channel.A_pinv(self.spatial.A_pinv(y))
 
     def V_t(self, x: Tensor) -> Tensor:
@@ -92,6 +93,11 @@ class KroneckerProduct(SVDOperator):
         return self.channel.singular_values(shape) * s_spatial
 
     def x_shape(self, y: Tensor) -> ImageShape:
+        if y.ndim < 3 or y.shape[1] != 1:
+            raise ValueError(
+                f"y must have one channel (the gray value) in the layout of "
+                f"{type(self.spatial).__name__}, got shape {tuple(y.shape)}"
+            )
         return (len(self.channel.weights), *self.spatial.x_shape(y)[1:])
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ddnm.operators.base import ImageShape, SVDOperator
+from ddnm.operators.linalg import check_image
 
 
 @dataclass(frozen=True)
@@ -15,7 +16,7 @@ class Identity(SVDOperator):
     """x (B, C, H, W) -> y = x; V = U = I, s = 1."""
 
     def V_t(self, x: Tensor) -> Tensor:
-        return x
+        return check_image("x", x)
 
     def V(self, c: Tensor) -> Tensor:
         return c
@@ -30,4 +31,4 @@ class Identity(SVDOperator):
         return torch.ones(1, 1, 1)
 
     def x_shape(self, y: Tensor) -> ImageShape:
-        return tuple(y.shape[1:])  # type: ignore[return-value]
+        return tuple(check_image("y", y).shape[1:])  # type: ignore[return-value]

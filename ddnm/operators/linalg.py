@@ -1,4 +1,5 @@
-"""Small helpers shared by the operators: Householder bases and non-overlapping block layouts."""
+"""Small helpers shared by the operators: Householder bases, non-overlapping block layouts and
+shape checks."""
 
 from __future__ import annotations
 
@@ -45,6 +46,13 @@ def from_blocks(x: Tensor, bh: int, bw: int) -> Tensor:
     B, C, nh, nw, _ = x.shape
     x = x.reshape(B, C, nh, nw, bh, bw).permute(0, 1, 2, 4, 3, 5)
     return x.reshape(B, C, nh * bh, nw * bw)
+
+
+def check_image(name: str, t: Tensor) -> Tensor:
+    """t, or ValueError unless it is a batch of images (B, C, H, W)."""
+    if t.ndim != 4:
+        raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(t.shape)}")
+    return t
 
 
 def check_divides(name: str, factor: int, size: tuple[int, ...]) -> None:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ddnm.operators.base import ImageShape, SVDOperator, pinv_values
+from ddnm.operators.linalg import check_divides, check_image
 
 # 1-D singular values below this fraction of the largest count as numerical zeros (float64 SVD).
 RANK_RTOL = 1e-9
@@ -55,13 +56,14 @@ class SeparableOperator(SVDOperator):
 
     def factors(self, x: Tensor, size: Sequence[int]) -> tuple[AxisFactors, AxisFactors]:
         """Both axes' factors for an image of `size` (H, W), on x's device and dtype."""
+        check_divides("factor", self.factor, tuple(size))
         return tuple(  # type: ignore[return-value]
             AxisFactors(*(t.to(x) for t in axis_factors(self, n, axis)))
             for axis, n in enumerate(size)
         )
 
     def A(self, x: Tensor) -> Tensor:
-        f0, f1 = self.factors(x, x.shape[-2:])
+        f0, f1 = self.factors(check_image("x", x), x.shape[-2:])
         return f0.M @ x @ f1.M.T
 
     def A_pinv(self, y: Tensor) -> Tensor:
@@ -69,7 +71,7 @@ class SeparableOperator(SVDOperator):
         return f0.M_pinv @ y @ f1.M_pinv.T
 
     def V_t(self, x: Tensor) -> Tensor:
-        f0, f1 = self.factors(x, x.shape[-2:])
+        f0, f1 = self.factors(check_image("x", x), x.shape[-2:])
         return f0.V.T @ x @ f1.V
 
     def V(self, c: Tensor) -> Tensor:
@@ -92,7 +94,7 @@ class SeparableOperator(SVDOperator):
         return torch.outer(s0, s1)[None]
 
     def x_shape(self, y: Tensor) -> ImageShape:
-        C, h, w = y.shape[-3:]
+        C, h, w = check_image("y", y).shape[1:]
         return (C, h * self.factor, w * self.factor)
 
 
