@@ -24,7 +24,7 @@ from ddnm.sampling import StepInfo
 from service.embedded import RedisServer
 from worker.health import check
 from worker.heartbeat import HeartbeatThread, worker_id
-from worker.records import JobCanceled, JobRun, JobTimedOut
+from worker.records import MAX_ATTEMPTS, JobCanceled, JobRun, JobTimedOut
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,26 @@ def test_claims_a_queued_job_and_again_after_a_lost_worker(redis: Redis) -> None
     # handed out again after w1 was lost: w2 takes over
     assert JobRun(redis, Settings(), "j", "w2").start("ab") is not None
     assert (record(redis).attempts, record(redis).worker) == (2, "w2")
+
+
+def test_a_job_that_loses_its_worker_again_and_again_fails(redis: Redis) -> None:
+    queued(redis)
+    for attempt in range(1, MAX_ATTEMPTS + 1):  # each worker dies mid-job: no end recorded
+        assert JobRun(redis, Settings(), "j", f"w{attempt}").start("ab") is not None
+    assert JobRun(redis, Settings(job_ttl_s=100), "j", "last").start("ab") is None
+    lost = record(redis)
+    assert (lost.status, lost.attempts, lost.worker) == (Status.FAILED, MAX_ATTEMPTS, "w3")
+    assert lost.error == "its worker was lost in each of 3 attempts; not run again"
+    assert lost.finished_at is not None and 0 < redis.ttl(job_key("j")) <= 100
+    assert [data["status"] for kind, data in events(redis)][-1] == "failed"
+
+
+def test_a_job_canceled_while_its_worker_was_lost_is_not_run_again(redis: Redis) -> None:
+    queued(redis)
+    JobRun(redis, Settings(), "j", "w1").start("ab")
+    redis.hset(job_key("j"), "cancel_requested_at", time.time())  # DELETE: running, so flagged
+    assert JobRun(redis, Settings(), "j", "w2").start("ab") is None
+    assert (record(redis).status, record(redis).attempts) == (Status.CANCELED, 1)
 
 
 def test_skips_canceled_done_and_missing_jobs(redis: Redis) -> None:

@@ -12,6 +12,8 @@ import os
 import time
 
 from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from contract.jobs import MODELS_KEY, queue_name
 from contract.settings import Settings
@@ -22,6 +24,9 @@ from worker.models import ServedModel, load_model
 
 log = logging.getLogger("worker")
 LOAD_RETRY_S = 30.0
+# Each Redis command is retried with backoff for about 30 s (0.1, 0.2, .., then 2 s apart), so a
+# job under way rides out a Redis restart instead of failing on its next progress write.
+REDIS_RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=20)
 
 
 def load_until_ready(settings: Settings, heartbeat: HeartbeatThread) -> ServedModel:
@@ -39,7 +44,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings()
     this_worker = worker_id(os.getpid())
-    redis = Redis.from_url(settings.redis_url)
+    redis = Redis.from_url(settings.redis_url, retry=REDIS_RETRY)
     heartbeat = HeartbeatThread(redis, settings, this_worker)
     heartbeat.beat()
     heartbeat.start()

@@ -23,6 +23,8 @@ from contract.jobs import (
 from contract.settings import Settings
 from ddnm.sampling import StepInfo
 
+MAX_ATTEMPTS = 3  # workers a job may lose before it fails instead of running again
+
 
 class JobCanceled(Exception):
     """The job was canceled (DELETE /jobs/{id}); raised from the sampler's callback to stop it."""
@@ -54,11 +56,14 @@ class JobRun:
 
     def start(self, checkpoint_sha256: str) -> JobRecord | None:
         """Claim the job (queued, or running when a lost worker's attempt is handed out again)
-        for the model with this checkpoint; None when it is gone, canceled or already done."""
+        for the model with this checkpoint; None when it is gone, canceled or already done, and
+        when it is not run again after a lost worker (see `_ended_after_lost_worker`)."""
         fields = self.redis.hgetall(job_key(self.job_id))
         if not fields:
             return None
         record = JobRecord.from_redis(fields)
+        if record.status == Status.RUNNING and self._ended_after_lost_worker(record):
+            return None
         applied, _ = transition(
             self.redis,
             self.job_id,
@@ -72,6 +77,19 @@ class JobRun:
             total=0,
         )
         return record if applied else None
+
+    def _ended_after_lost_worker(self, record: JobRecord) -> bool:
+        """A running job handed out again lost its worker. It ends here, not run again, when it
+        was canceled meanwhile or has lost MAX_ATTEMPTS workers (a job that kills every worker
+        that runs it, e.g. out of memory, must not go round forever). True when it ended."""
+        if record.cancel_requested_at is not None:
+            self._finish(self.redis, Status.CANCELED)
+        elif record.attempts >= MAX_ATTEMPTS:
+            error = f"its worker was lost in each of {record.attempts} attempts; not run again"
+            self._finish(self.redis, Status.FAILED, error=error)
+        else:
+            return False
+        return True
 
     def on_step(self, info: StepInfo) -> None:
         """Sampler callback: stop if canceled or out of time; write progress now and then."""
@@ -120,14 +138,19 @@ class JobRun:
                 pipe.set(job_key(self.job_id, "result"), png, ex=ttl)
             _observe(pipe, STEP_SECONDS, self.step_seconds)
             _observe(pipe, JOB_SECONDS, [time.monotonic() - self.started])
-            transition(
-                pipe,
-                self.job_id,
-                status,
-                (Status.RUNNING,),
-                ttl,
-                finished_at=time.time(),
-                eta_s=0,
-                **fields,
-            )
+            self._finish(pipe, status, **fields)
             pipe.execute()
+
+    def _finish(self, client: Redis | Pipeline, status: Status, **fields: str | float) -> None:
+        """The running job's final status change; its keys expire DDNM_JOB_TTL_S from now."""
+        ttl = self.settings.job_ttl_s
+        transition(
+            client,
+            self.job_id,
+            status,
+            (Status.RUNNING,),
+            ttl,
+            finished_at=time.time(),
+            eta_s=0,
+            **fields,
+        )
