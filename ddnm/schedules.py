@@ -33,6 +33,15 @@ class Schedule:
     def num_timesteps(self) -> int:
         return int(self.betas.shape[0])
 
+    def alpha_bar_table_for(self, dtype: torch.dtype) -> torch.Tensor:
+        """The (T + 1,) ᾱ table as the reference forms it in `dtype`: for float64 the float64
+        cumulative product of 1 - beta (the reference's float64 runs), else the float32 table
+        (cast to `dtype`)."""
+        if dtype == torch.float64:
+            one = torch.ones(1, dtype=torch.float64)
+            return torch.cat([one, torch.cumprod(1.0 - self.betas, dim=0)])
+        return self.alpha_bar_table.to(dtype)
+
     def alpha_bar(self, t: int) -> float:
         """alpha_bar(t) for t in [-1, T-1], as a Python float of the float32 table value."""
         if not -1 <= t < self.num_timesteps:

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from ddnm.schedules import linear_schedule, timestep_pairs
 
@@ -26,6 +27,17 @@ def test_alpha_bar_table_is_bit_identical(tables):
     assert ours.dtype == np.float32
     np.testing.assert_array_equal(ours, table)
     assert linear_schedule().alpha_bar(-1) == 1.0
+
+
+def test_alpha_bar_table_per_dtype(tables):
+    """float64 runs use the float64 cumulative product (the reference's float64 re-runs), any
+    other dtype the float32 table."""
+    schedule = linear_schedule()
+    f64 = schedule.alpha_bar_table_for(torch.float64).numpy()
+    assert f64[0] == 1.0
+    np.testing.assert_array_equal(f64[1:], tables["alphas_cumprod_float64"])
+    assert torch.equal(schedule.alpha_bar_table_for(torch.float32), schedule.alpha_bar_table)
+    assert not np.array_equal(f64, schedule.alpha_bar_table.double().numpy())
 
 
 def test_alpha_bar_example_from_readme():
