@@ -149,3 +149,32 @@ def test_dtype_and_device_parameters_convert_the_torso(inputs):
     assert net.out[2].weight.dtype == torch.float32
     assert eps16.dtype == torch.float32
     assert 0 < (eps16 - eps32).abs().max() < 0.05 * eps32.abs().max()
+
+
+def test_inputs_are_cast_to_the_network_and_eps_back_to_x_t(inputs):
+    """A float64 sampler run with a float32 network: the network computes in float32 (its own
+    dtype, timesteps included) and eps comes back in float64."""
+    x, t = inputs
+    net = _perturbed(load_network(None, arch="adm", config=SMALL_UNET), 7)
+    eps64 = as_denoiser(net)(x.double(), t.double())
+    assert eps64.dtype == torch.float64
+    with torch.no_grad():
+        assert torch.equal(eps64, net(x, t)[:, :3].double())
+
+
+def test_class_label_is_checked_against_the_networks_classes(inputs):
+    x, t = inputs
+    kwargs = {
+        "image_size": 16,
+        "in_channels": 3,
+        "model_channels": 32,
+        "out_channels": 3,
+        "num_res_blocks": 1,
+        "attention_resolutions": [],
+        "channel_mult": [1, 2],
+        "num_classes": 10,
+    }
+    net = load_network(None, arch="adm", config={"unet_kwargs": kwargs})
+    with pytest.raises(ValueError, match=r"\[0, 9\]"):
+        as_denoiser(net, class_label=10)
+    assert as_denoiser(net, class_label=9)(x, t).shape == (2, 3, 16, 16)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddnm.models.adm_unet import UNetModel
+from ddnm.models.adm_unet import NUM_CLASSES, UNetModel
 from ddnm.models.ddpm_unet import Model
 from ddnm.models.precision import check_torso_dtype
 from ddnm.schedules import Schedule
@@ -49,13 +49,15 @@ class ClassifierGuidance:
             raise ValueError(f"scale must be >= 0, got {self.scale}")
 
     def grad_log_p(self, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        """s * grad_x log p(y | x_t): (B, 3, H, W), dtype of x_t."""
+        """s * grad_x log p(y | x_t): (B, 3, H, W), dtype of x_t (the classifier runs in its own
+        parameters' dtype)."""
+        dtype = next(self.classifier.parameters()).dtype
         with torch.enable_grad():
-            x = x_t.detach().requires_grad_(True)
-            log_probs = F.log_softmax(self.classifier(x, t), dim=-1)
+            x = x_t.detach().to(dtype).requires_grad_(True)
+            log_probs = F.log_softmax(self.classifier(x, t.to(dtype)), dim=-1)
             selected = log_probs[torch.arange(len(y), device=y.device), y]
             (grad,) = torch.autograd.grad(selected.sum(), x)
-        return self.scale * grad
+        return self.scale * grad.to(x_t.dtype)
 
     def guide(self, eps: Tensor, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
         """eps - sqrt(1 - alpha_bar_t) * s * grad log p(y | x_t)  (Eq. 14)."""
@@ -65,7 +67,12 @@ class ClassifierGuidance:
 
 
 class Denoiser:
-    """Base wrapper: device moves, labels, guidance; subclasses give `network_eps`."""
+    """Base wrapper: device and dtype moves, labels, guidance; subclasses give `network_eps`.
+
+    x_t and t enter the network on its device in the dtype of its float32 islands (its first
+    parameters, the timestep embedding), e.g. float32 for a float32 or half-torso network under a
+    float64 sampler run; eps comes back in x_t's dtype and device.
+    """
 
     def __init__(
         self,
@@ -76,7 +83,8 @@ class Denoiser:
         self.network = network
         self.class_labels = class_labels
         self.guidance = guidance
-        self.device = next(network.parameters()).device
+        first = next(network.parameters())
+        self.device, self.dtype = first.device, first.dtype
 
     def network_eps(self, x_t: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
         raise NotImplementedError
@@ -88,7 +96,7 @@ class Denoiser:
         return self.class_labels.to(self.device).expand(batch)
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
-        x, t_net = x_t.to(self.device), t.to(self.device)
+        x, t_net = x_t.to(self.device, self.dtype), t.to(self.device, self.dtype)
         y = self.labels(x.shape[0])
         with torch.no_grad():
             eps = self.network_eps(x, t_net, y)
@@ -108,17 +116,23 @@ class DDPMDenoiser(Denoiser):
         return self.network(x_t, t)
 
 
-def _class_labels(label: int | Tensor | None, network: nn.Module, guided: bool) -> Tensor | None:
-    conditional = getattr(network, "num_classes", None) is not None
+def _class_labels(
+    label: int | Tensor | None, network: nn.Module, classifier: nn.Module | None
+) -> Tensor | None:
+    """The labels as (1,) or (B,) int64, checked against the number of classes of the network
+    (or of the classifier, which defaults to ImageNet's 1000)."""
+    classes = getattr(network, "num_classes", None)
+    if classes is None and classifier is not None:
+        classes = getattr(classifier, "out_channels", NUM_CLASSES)
     if label is None:
-        if conditional or guided:
+        if classes is not None:
             raise ValueError("class_label is required for a class-conditional or guided model")
         return None
-    if not (conditional or guided):
+    if classes is None:
         raise ValueError("class_label needs a class-conditional network or a classifier")
     labels = torch.as_tensor(label, dtype=torch.long).reshape(-1)
-    if ((labels < 0) | (labels >= 1000)).any():
-        raise ValueError(f"class_label must be in [0, 999], got {label}")
+    if ((labels < 0) | (labels >= classes)).any():
+        raise ValueError(f"class_label must be in [0, {classes - 1}], got {label}")
     return labels
 
 
@@ -160,16 +174,10 @@ def as_denoiser(
         raise ValueError(
             f"network must be a UNetModel or a DDPM Model, got {type(network).__name__}"
         )
-    if dtype is not None:
-        check_torso_dtype(dtype)
-        network.convert_torso(dtype)  # type: ignore[operator]
-    if device is not None:
-        network.to(device)
-        if classifier is not None:
-            classifier.to(device)
+    prepare(network, device, dtype)
     guidance = None
     if classifier is not None:
         if schedule is None:
             raise ValueError("schedule is required for classifier guidance")
-        guidance = ClassifierGuidance(classifier, classifier_scale, schedule)
-    return wrapper(network, _class_labels(class_label, network, guidance is not None), guidance)
+        guidance = ClassifierGuidance(classifier.to(device), classifier_scale, schedule)
+    return wrapper(network, _class_labels(class_label, network, classifier), guidance)

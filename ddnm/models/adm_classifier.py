@@ -92,6 +92,7 @@ class EncoderUNetModel(nn.Module):
         if pool == "attention" and num_head_channels == -1:
             raise ValueError('pool="attention" needs num_head_channels')
         self.model_channels = model_channels
+        self.out_channels = out_channels  # the number of classes
         opts = BlockOptions(
             4 * model_channels,
             dropout,
