@@ -73,6 +73,29 @@ def _close(ours: torch.Tensor, ref: np.ndarray, tol: float, what: str) -> None:
     assert err <= tol * scale, f"{what}: max abs diff {err:.3g} > {tol} * {scale:.4g}"
 
 
+def _replay_inputs(case: dict, golden: dict) -> tuple[SamplerOptions, torch.Tensor, list]:
+    """The case's options, stored x_T and per-transition noise. eta = 0 cases store no step
+    noise: the draws cannot matter (c1 = 0), any tape will do."""
+    spec = case["spec"]
+    options = SamplerOptions(
+        steps=spec["T"],
+        eta=spec["eta"],
+        sigma_y=spec["sigma_y"],
+        travel_length=spec["L"],
+        travel_repeat=spec["R"],
+    )
+    stored = golden.get("step_noise")
+    noise = (
+        list(torch.from_numpy(stored))
+        if stored is not None
+        else [
+            torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(k))
+            for k in range(case["n_transitions"])
+        ]
+    )
+    return options, torch.from_numpy(golden["x_T"]), noise
+
+
 @pytest.mark.slow
 def test_golden_reproduced_step_by_step(case, reference_dir):
     spec, tol = case["spec"], case["recommended_rel_tol"]
@@ -88,32 +111,9 @@ def test_golden_reproduced_step_by_step(case, reference_dir):
         return eps
 
     infos: list = []
-    step_noise = golden.get("step_noise")
-    n = case["n_transitions"]
-    # eta = 0 cases store no step noise: the draws cannot matter (c1 = 0), any tape will do
-    noise = (
-        list(torch.from_numpy(step_noise))
-        if step_noise is not None
-        else [
-            torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(k)) for k in range(n)
-        ]
-    )
-    options = SamplerOptions(
-        steps=spec["T"],
-        eta=spec["eta"],
-        sigma_y=spec["sigma_y"],
-        travel_length=spec["L"],
-        travel_repeat=spec["R"],
-    )
+    options, x_T, noise = _replay_inputs(case, golden)
     x0 = sample(
-        recording,
-        schedule,
-        operator,
-        y,
-        options,
-        x_T=torch.from_numpy(golden["x_T"]),
-        step_noise=noise,
-        callback=infos.append,
+        recording, schedule, operator, y, options, x_T=x_T, step_noise=noise, callback=infos.append
     )
 
     assert [(i.t, i.t_next) for i in infos] == [tuple(p) for p in golden["pairs"].tolist()]
@@ -122,6 +122,22 @@ def test_golden_reproduced_step_by_step(case, reference_dir):
         _close(info.x0, golden["x0_t_hat"][k], tol["per_step"], f"x0_t_hat[{k}]")
         _close(info.x_t, golden["xs"][k + 1], tol["per_step"], f"xs[{k + 1}]")
     _close(x0, golden["x0"], tol["x0"], "x0")
+
+
+@pytest.mark.slow
+def test_golden_float64_run_reproduces_x0_f64(case, reference_dir):
+    """The same code in float64 (network, y, ᾱ from the float64 cumulative product) gives the
+    reference's float64 re-run: README 6e-10 relative; float32 ᾱ would leave about 5e-8."""
+    spec = case["spec"]
+    golden = dict(np.load(reference_dir / "goldens" / case["file"]))
+    operator, y = _operator_and_y(spec["deg"], spec.get("deg_scale", 1), golden)
+    denoiser = as_denoiser(_network(reference_dir, spec["model"]).double())
+    options, x_T, noise = _replay_inputs(case, golden)
+    x0 = sample(
+        denoiser, linear_schedule(), operator, y.double(), options, x_T=x_T, step_noise=noise
+    )
+    assert x0.dtype == torch.float64
+    _close(x0, golden["x0_f64"], 5e-9, "x0 (float64)")
 
 
 def test_goldens_measurements_match_our_operators(case, reference_dir):

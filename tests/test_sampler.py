@@ -12,7 +12,15 @@ import math
 import pytest
 import torch
 
-from ddnm.operators import Colorization, Identity, Inpainting, SuperResolution
+from ddnm.operators import (
+    Colorization,
+    CompressedSensing,
+    Identity,
+    Inpainting,
+    LinearOperator,
+    SuperResolution,
+    compose,
+)
 from ddnm.sampling import SamplerOptions, StepInfo, sample
 from ddnm.sampling import steps as S
 from ddnm.schedules import linear_schedule, timestep_pairs
@@ -25,14 +33,16 @@ class BoundedNet(torch.nn.Module):
 
     def __init__(self, seed: int = 0, channels: int = 3) -> None:
         super().__init__()
-        torch.manual_seed(seed)
-        self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
         self.calls: list[float] = []
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Any floating x_t (the conv runs in float32); eps in x_t's dtype."""
         self.calls.append(float(t[0]))
-        a = SCHEDULE.alpha_bar_table[t.long() + 1].view(-1, 1, 1, 1)
-        x0 = torch.tanh(self.conv(x_t))
+        a = SCHEDULE.alpha_bar_table_for(x_t.dtype)[t.long() + 1].view(-1, 1, 1, 1)
+        x0 = torch.tanh(self.conv(x_t.float())).to(x_t.dtype)
         return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
 
 
@@ -222,6 +232,51 @@ def test_bad_call_arguments():
         sample(BoundedNet(), linear_schedule(10), op, y, SamplerOptions(steps=20))
 
 
+def test_y_that_does_not_fit_the_operator_is_refused():
+    mask = torch.ones(16, 16)
+    old_photo = compose(Inpainting(mask), Colorization(), SuperResolution(2))
+    cases = [
+        (Inpainting(mask), torch.zeros(1, 3, 8, 8), "to match the mask"),  # mask of another size
+        (CompressedSensing(0.5, image_size=16), torch.zeros(1, 3, 100), "m = 128"),
+        (SuperResolution(2), torch.zeros(3, 8, 8), r"y must have shape \(B, C, H, W\)"),
+        (old_photo, torch.zeros(1, 3, 8, 8), "one channel"),
+        (Colorization(), torch.zeros(1, 3, 8, 8), r"\(B, 1, H, W\)"),
+    ]
+    for op, y, message in cases:
+        with pytest.raises(ValueError, match=message):
+            sample(BoundedNet(), SCHEDULE, op, y, SamplerOptions(steps=2))
+
+
+class WithoutSVD(LinearOperator):
+    """An operator the sampler sees only through A, A⁺ and x_shape (the DDNM+ scalar form)."""
+
+    def __init__(self, inner: LinearOperator) -> None:
+        self.inner = inner
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.A(x)
+
+    def A_pinv(self, y: torch.Tensor) -> torch.Tensor:
+        return self.inner.A_pinv(y)
+
+    def x_shape(self, y: torch.Tensor) -> tuple[int, int, int]:
+        return self.inner.x_shape(y)
+
+
+class WrongSize(WithoutSVD):
+    """A faulty user operator: claims that y was taken of an image of y's own size."""
+
+    def x_shape(self, y: torch.Tensor) -> tuple[int, int, int]:
+        return tuple(y.shape[1:])  # type: ignore[return-value]
+
+
+def test_y_is_checked_against_a_of_x_for_any_operator():
+    """Caught before any step instead of broadcasting A x0 - y."""
+    op, y = WrongSize(SuperResolution(2)), torch.zeros(1, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"y must have shape \(1, 3, 4, 4\)"):
+        sample(BoundedNet(), SCHEDULE, op, y, SamplerOptions(steps=2))
+
+
 def test_draws_are_consumed_lazily_from_any_iterable():
     op, y = Identity(), _image(11)
     opts = SamplerOptions(steps=4)
@@ -230,3 +285,76 @@ def test_draws_are_consumed_lazily_from_any_iterable():
         BoundedNet(), SCHEDULE, op, y, opts, x_T=torch.zeros(1, 3, 16, 16), step_noise=noise
     )
     assert out.shape == (1, 3, 16, 16)
+
+
+# ---- precision, batches, replay inputs ----------------------------------------------------
+
+
+def _run(op, y, opts, **kwargs):
+    return sample(BoundedNet(), SCHEDULE, op, y, opts, **kwargs)
+
+
+def test_precision_follows_y_and_x_T():
+    """The widest floating dtype of y and x_T, at least float32; generator draws are made in
+    float32, so a float64 run with the same seed follows the float32 run."""
+    op = SuperResolution(2)
+    y, opts = op.A(_image(12)), SamplerOptions(steps=4, eta=0.85)
+
+    def seeded(y_, **kwargs):
+        return _run(op, y_, opts, generator=torch.Generator().manual_seed(0), **kwargs)
+
+    out32, out64 = seeded(y), seeded(y.double())
+    assert out32.dtype == torch.float32 and out64.dtype == torch.float64
+    torch.testing.assert_close(out64, out32.double(), rtol=0, atol=1e-5)
+    assert float((op.A(out64) - y.double()).abs().max()) < 1e-12  # consistent in float64
+    assert seeded(y.half()).dtype == torch.float32
+    x_T = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert seeded(y, x_T=x_T.double()).dtype == torch.float64
+
+
+def test_step_noise_as_one_tensor_or_array():
+    op = Colorization()
+    y, opts = op.A(_image(13)), SamplerOptions(steps=5, eta=0.85)
+    g = torch.Generator().manual_seed(1)
+    x_T, draws = torch.randn(1, 3, 16, 16, generator=g), torch.randn(5, 1, 3, 16, 16, generator=g)
+    listed = _run(op, y, opts, x_T=x_T, step_noise=list(draws))
+    for same in (draws, draws.numpy(), draws.double()):
+        torch.testing.assert_close(_run(op, y, opts, x_T=x_T, step_noise=same), listed)
+
+
+@pytest.mark.parametrize("sigma_y", [0.0, 0.05])
+def test_a_batch_is_its_samples_run_one_by_one(sigma_y):
+    """Batch 2 with one mask per sample (bool) equals two batch-1 runs (uint8 masks), with
+    time travel and DDNM+."""
+    g = torch.Generator().manual_seed(2)
+    masks = torch.rand(2, 1, 16, 16, generator=g) > 0.4
+    op = Inpainting(masks)
+    y = op.A(torch.cat([_image(14), _image(15)]))
+    opts = SamplerOptions(steps=6, eta=0.85, sigma_y=sigma_y, travel_length=2, travel_repeat=2)
+    n = len(timestep_pairs(6, 2, 2))
+    x_T, draws = torch.randn(2, 3, 16, 16, generator=g), torch.randn(n, 2, 3, 16, 16, generator=g)
+    batch = _run(op, y, opts, x_T=x_T, step_noise=draws)
+    for b in range(2):
+        single = Inpainting(masks[b : b + 1].to(torch.uint8))
+        one = _run(single, y[b : b + 1], opts, x_T=x_T[b : b + 1], step_noise=draws[:, b : b + 1])
+        torch.testing.assert_close(batch[b : b + 1], one, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: Inpainting(torch.rand(16, 16) > 0.5), lambda: CompressedSensing(0.3, image_size=16)],
+    ids=["inpainting", "compressed_sensing"],
+)
+def test_ddnm_plus_scalar_form_equals_the_svd_form_when_s_is_0_or_1(make):
+    """Without an SVD the sampler uses the scalar form (s = 1 on the range space); for operators
+    whose singular values are all 0 or 1 the two forms are the same computation."""
+    op = make()
+    y = op.A(_image(16))
+    opts = SamplerOptions(steps=5, eta=0.85, sigma_y=0.1)
+    g = torch.Generator().manual_seed(3)
+    x_T, draws = torch.randn(1, 3, 16, 16, generator=g), torch.randn(5, 1, 3, 16, 16, generator=g)
+    svd = _run(op, y, opts, x_T=x_T, step_noise=draws)
+    scalar = _run(WithoutSVD(op), y, opts, x_T=x_T, step_noise=draws)
+    torch.testing.assert_close(scalar, svd, rtol=0, atol=1e-5)
+    noise_free = _run(op, y, SamplerOptions(steps=5, eta=0.85), x_T=x_T, step_noise=draws)
+    assert float((svd - noise_free).abs().max()) > 1e-2  # σ_y does change the run

@@ -63,28 +63,30 @@ def sample(
 ) -> Tensor:
     """Restore x from y = A x (+ n) with DDNM (sigma_y = 0) or DDNM+ (sigma_y > 0).
 
-    y: the measurement in the operator's layout, on [-1, 1] value scale, batch B.
-    x_T: (B, C, H, W) initial state; drawn from `generator` when None.
-    step_noise: per-transition standard-normal draws of shape (B, C, H, W), consumed in order.
+    y: the measurement in the operator's layout (e.g. (B, C, H/f, W/f) for super-resolution) on
+    the [-1, 1] value scale, batch B; checked against the operator (ValueError if it does not fit).
+    x_T: (B, C, H, W) standard-normal initial state; drawn from `generator` when None.
+    step_noise: per-transition standard-normal draws of shape (B, C, H, W), consumed in order
+    (any iterable of tensors or arrays, e.g. a list or a (transitions, B, C, H, W) tensor).
+    Precision: the run computes in the widest floating dtype of y and x_T, at least float32, on
+    y's device; draws from `generator` are made in float32, so float32 and float64 runs with the
+    same seed use the same noise. ᾱ comes from `Schedule.alpha_bar_table_for` in that dtype.
     Returns x0 (B, C, H, W), unclamped (about [-1, 1]); with sigma_y = 0, A x0 = y up to rounding.
     An exception raised by `callback` stops the run and propagates (e.g. to cancel a job).
     Runs without autograd; a denoiser that needs gradients (classifier guidance) enables them
     locally.
     """
     if not operator.exact_pinv:
+        why = getattr(operator, "description", type(operator).__name__)
         raise ValueError(
-            f"operator {operator!r} has no exact pseudo-inverse; DDNM needs A A⁺ A = A"
+            f"operator must have an exact pseudo-inverse (DDNM needs A A⁺ A = A): {why}"
         )
     pairs = timestep_pairs(
         options.steps, options.travel_length, options.travel_repeat, schedule.num_timesteps
     )
-    shape = (y.shape[0], *operator.x_shape(y))
-    if x_T is None:
-        x_T = _randn(shape, y, generator)
-    elif tuple(x_T.shape) != shape:
-        raise ValueError(f"x_T must have shape {shape}, got {tuple(x_T.shape)}")
-    draws = _draws(step_noise, shape, y, generator)
-    alpha_bar = schedule.alpha_bar_table.to(device=y.device, dtype=y.dtype)
+    y, x_T = _inputs(operator, y, x_T, generator)
+    draws = _draws(step_noise, x_T, generator)
+    alpha_bar = schedule.alpha_bar_table_for(y.dtype).to(y.device)
 
     x_t, x0_hat = x_T, x_T
     for k, (t, t_next) in enumerate(pairs, start=1):
@@ -123,9 +125,10 @@ def _denoise(
 
 
 def _eps(denoiser: Denoiser, x_t: Tensor, t: int) -> Tensor:
-    """ε_θ(x_t, t) with t as a per-sample float tensor; a learned-variance output keeps ε only."""
-    t_batch = torch.full((x_t.shape[0],), float(t), device=x_t.device, dtype=torch.float32)
-    out = denoiser(x_t, t_batch)
+    """ε_θ(x_t, t) with t as a (B,) tensor of x_t's dtype (float32 in a float32 run, as the
+    reference); the result in x_t's dtype; a learned-variance output keeps ε only."""
+    t_batch = torch.full((x_t.shape[0],), float(t), device=x_t.device, dtype=x_t.dtype)
+    out = denoiser(x_t, t_batch).to(x_t)
     channels = x_t.shape[1]
     if out.shape[1] == 2 * channels:
         return out[:, :channels]
@@ -134,21 +137,54 @@ def _eps(denoiser: Denoiser, x_t: Tensor, t: int) -> Tensor:
     return out
 
 
+def working_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """The widest floating dtype among `tensors`, at least float32 (a float16 or integer y is
+    restored in float32)."""
+    dtype = torch.float32
+    for t in tensors:
+        if t is not None and t.is_floating_point():
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def _inputs(
+    operator: LinearOperator, y: Tensor, x_T: Tensor | None, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """(y, x_T) in the working dtype on y's device, checked against the operator: y must be a
+    measurement of it (A x_T has y's shape) and x_T of the image size y was taken of."""
+    y = torch.as_tensor(y)
+    y = y.to(working_dtype(y, x_T))
+    shape = (y.shape[0], *operator.x_shape(y))
+    if x_T is None:
+        x_T = _randn(shape, y, generator)
+    elif tuple(x_T.shape) != shape:
+        raise ValueError(f"x_T must have shape {shape}, got {tuple(x_T.shape)}")
+    x_T = x_T.to(y)
+    expected = tuple(operator.A(x_T).shape)
+    if tuple(y.shape) != expected:
+        raise ValueError(
+            f"y must have shape {expected} to be a measurement of {type(operator).__name__} "
+            f"on {shape} images, got {tuple(y.shape)}"
+        )
+    return y, x_T
+
+
 def _randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+    """A standard-normal draw, made in float32 on like's device, in like's dtype."""
+    z = torch.randn(shape, generator=generator, device=like.device, dtype=torch.float32)
+    return z.to(like.dtype)
 
 
 def _draws(
-    step_noise: Iterable[Tensor] | None,
-    shape: tuple[int, ...],
-    like: Tensor,
-    generator: torch.Generator | None,
+    step_noise: Iterable[Tensor] | None, like: Tensor, generator: torch.Generator | None
 ) -> Iterator[Tensor]:
-    """Yield one (B, C, H, W) standard-normal draw per transition."""
+    """Yield one standard-normal draw of like's shape (B, C, H, W) per transition."""
+    shape = tuple(like.shape)
     if step_noise is None:
         while True:
             yield _randn(shape, like, generator)
     for k, z in enumerate(step_noise):
+        z = torch.as_tensor(z)
         if tuple(z.shape) != shape:
             raise ValueError(f"step_noise[{k}] must have shape {shape}, got {tuple(z.shape)}")
         yield z.to(like)
