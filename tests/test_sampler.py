@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -213,11 +214,23 @@ def test_learned_sigma_output_keeps_the_first_channels():
         ({"sigma_y": -0.1}, "sigma_y"),
         ({"sigma_y": float("nan")}, "sigma_y"),
         ({"steps": 5, "travel_length": 5, "travel_repeat": 2}, "travel_length"),
+        ({"steps": True}, "steps"),
+        ({"steps": 10.0}, "steps"),
+        ({"eta": "0.5"}, "eta"),
+        ({"eta": float("nan")}, "eta"),
+        ({"sigma_y": float("inf")}, "sigma_y"),
+        ({"travel_length": 2.0, "travel_repeat": 2}, "travel_length"),
     ],
 )
 def test_bad_options(kwargs, name):
     with pytest.raises(ValueError, match=name):
         SamplerOptions(**kwargs)
+
+
+def test_options_accept_numpy_numbers_and_store_python_ones():
+    opts = SamplerOptions(steps=np.int64(20), eta=np.float32(0.5), travel_repeat=np.int32(2))
+    assert opts == SamplerOptions(steps=20, eta=0.5, travel_repeat=2)
+    assert type(opts.steps) is int and type(opts.eta) is float and type(opts.sigma_y) is float
 
 
 def test_bad_call_arguments():

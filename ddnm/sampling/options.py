@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from ddnm.schedules import check_travel
@@ -10,7 +11,8 @@ from ddnm.schedules import check_travel
 
 @dataclass(frozen=True)
 class SamplerOptions:
-    """Settings of one DDNM / DDNM+ run.
+    """Settings of one DDNM / DDNM+ run (integers and reals of any numeric type, stored as int /
+    float; anything else, bools included, is a ValueError).
 
     steps:          number of sampling steps T' (skip = 1000 // steps; paper default 100).
     eta:            share of fresh noise in each step, in [0, 1] (DDNM convention: the total noise
@@ -31,7 +33,17 @@ class SamplerOptions:
     travel_repeat: int = 1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or self.steps < 1:
+        for name in ("steps", "travel_length", "travel_repeat"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        for name in ("eta", "sigma_y"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"{name} must be a real number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {self.eta!r}")
