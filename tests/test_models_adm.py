@@ -101,3 +101,20 @@ def test_class_labels_required_exactly_for_class_conditional():
         net(x, t)
     out = net(x, t, torch.tensor([0, 1]))
     assert not torch.allclose(out[0], out[1])
+
+
+def test_input_size_must_fit_the_downsampling():
+    """Any size works that the levels can halve (here 3 levels: multiples of 4); others are a
+    ValueError naming the multiple, not a shape error deep inside the decoder."""
+    config = {
+        "image_size": 16,
+        "num_channels": 32,
+        "num_res_blocks": 1,
+        "channel_mult": "1,1,2",
+        "attention_resolutions": "",
+    }
+    net = load_network(None, arch="adm", config=config)
+    t = torch.tensor([10.0])
+    assert net(torch.zeros(1, 3, 12, 20), t).shape == (1, 3, 12, 20)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        net(torch.zeros(1, 3, 18, 16), t)

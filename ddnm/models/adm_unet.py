@@ -269,6 +269,37 @@ def build_encoder(
     return Encoder(blocks, middle, skip_channels, ch, ds)
 
 
+def build_decoder(
+    encoder: Encoder,
+    model_channels: int,
+    num_res_blocks: int,
+    attention_resolutions: Sequence[int],
+    channel_mult: Sequence[float],
+    num_heads_upsample: int,
+    resblock_updown: bool,
+    conv_resample: bool,
+    opts: BlockOptions,
+) -> tuple[nn.ModuleList, int]:
+    """Output blocks mirroring the encoder: per level, from the bottleneck up, num_res_blocks + 1
+    ResBlocks, each taking one skip feature map [+ attention], the last followed by an upsampler
+    (except at full resolution). Returns the blocks and the channels of the last one."""
+    blocks = nn.ModuleList()
+    skips, ch, ds = list(encoder.skip_channels), encoder.channels, encoder.ds
+    for level, mult in reversed(list(enumerate(channel_mult))):
+        for i in range(num_res_blocks + 1):
+            out_ch = int(model_channels * mult)
+            layers: list[nn.Module] = [ResBlock(ch + skips.pop(), opts, out_ch)]
+            ch = out_ch
+            if ds in attention_resolutions:
+                layers.append(AttentionBlock(ch, num_heads_upsample, opts))
+            if level and i == num_res_blocks:
+                up = ResBlock(ch, opts, up=True) if resblock_updown else Upsample(ch, conv_resample)
+                layers.append(up)
+                ds //= 2
+            blocks.append(TimestepEmbedSequential(*layers))
+    return blocks, ch
+
+
 class UNetModel(nn.Module):
     """guided-diffusion's UNetModel (see the module docstring for the conventions).
 
@@ -323,30 +354,22 @@ class UNetModel(nn.Module):
             opts,
         )
         self.input_blocks, self.middle_block = encoder.input_blocks, encoder.middle_block
-        self.output_blocks = nn.ModuleList()
-        skips, ch, ds = list(encoder.skip_channels), encoder.channels, encoder.ds
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            for i in range(num_res_blocks + 1):
-                layers: list[nn.Module] = [
-                    ResBlock(ch + skips.pop(), opts, int(model_channels * mult))
-                ]
-                ch = int(model_channels * mult)
-                if ds in attention_resolutions:
-                    layers.append(AttentionBlock(ch, num_heads_upsample, opts))
-                if level and i == num_res_blocks:
-                    up = (
-                        ResBlock(ch, opts, up=True)
-                        if resblock_updown
-                        else Upsample(ch, conv_resample)
-                    )
-                    layers.append(up)
-                    ds //= 2
-                self.output_blocks.append(TimestepEmbedSequential(*layers))
-        input_ch = encoder.skip_channels[0]
+        self.ds = encoder.ds  # H and W must be multiples of this
+        self.output_blocks, ch = build_decoder(
+            encoder,
+            model_channels,
+            num_res_blocks,
+            attention_resolutions,
+            channel_mult,
+            num_heads_upsample,
+            resblock_updown,
+            conv_resample,
+            opts,
+        )
         self.out = nn.Sequential(
             normalization(ch),
             nn.SiLU(),
-            zero_module(nn.Conv2d(input_ch, out_channels, 3, padding=1)),
+            zero_module(nn.Conv2d(encoder.skip_channels[0], out_channels, 3, padding=1)),
         )
 
     @property
@@ -364,6 +387,11 @@ class UNetModel(nn.Module):
         """x (B, C, H, W), timesteps (B,), y (B,) int64 labels iff class-conditional."""
         if (y is None) != (self.num_classes is None):
             raise ValueError("y (class labels) must be given exactly when num_classes is set")
+        if x.ndim != 4 or x.shape[2] % self.ds or x.shape[3] % self.ds:
+            raise ValueError(
+                f"x must have shape (B, C, H, W) with H and W multiples of {self.ds}, "
+                f"got {tuple(x.shape)}"
+            )
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
         if y is not None:
             emb = emb + self.label_emb(y)
