@@ -73,6 +73,9 @@ def test_safetensors_conversion_round_trip_with_header(guided, tmp_path):
     np.testing.assert_array_equal(
         _forward(net, io), _forward(load_network(path, "adm", config), io)
     )
+    np.testing.assert_array_equal(_forward(load_network(dst), io), _forward(net, io))  # own config
+    with pytest.raises(ValueError, match="'adm' network, not arch 'ddpm'"):
+        load_network(dst, arch="ddpm")
 
 
 def test_convert_checks_the_tensors_against_a_given_config(guided, tmp_path):

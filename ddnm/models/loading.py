@@ -120,6 +120,18 @@ def load_weights(network: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Mod
     return network
 
 
+def stored_config(path: str | Path) -> tuple[str | None, Config | None]:
+    """(arch, config) recorded in a .safetensors header by `convert_checkpoint`, else None's."""
+    if Path(path).suffix != ".safetensors" or not Path(path).is_file():
+        return None, None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    config = json.loads(metadata["config"]) if "config" in metadata else None
+    return metadata.get("arch"), config
+
+
 def load_network(
     path: str | Path | None,
     arch: str = "adm",
@@ -132,13 +144,21 @@ def load_network(
     `with torch.device("meta"):` to build without allocating).
 
     `path` may also be a registry name: its checkpoint (in `model_dir` unless packaged), arch and
-    config then replace the arguments.
+    config then replace the arguments. Without `config`, a .safetensors checkpoint's own (stored
+    by `convert_checkpoint`) is used.
     """
     if isinstance(path, str) and path in load_registry():
         entry = get_entry(path)
         path, arch, config = checkpoint_path(entry, model_dir), entry.arch, entry.config
+    if config is None and path is not None:
+        stored_arch, config = stored_config(path)
+        if stored_arch not in (None, arch):
+            raise ValueError(f"{path} holds an {stored_arch!r} network, not arch {arch!r}")
     if config is None:
-        raise ValueError(f"config is required to build arch {arch!r}")
+        raise ValueError(
+            f"config is required to build arch {arch!r} (a .safetensors file written by "
+            "`ddnm models convert --config` carries its own)"
+        )
     if path is None:
         return build_network(arch, config)
     state_dict = read_state_dict(path)
