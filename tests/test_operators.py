@@ -275,16 +275,10 @@ def test_box_svd_is_one_singular_value_per_block():
     x = randn((1, 1, 8, 8), torch.float64, 10)
     assert torch.allclose(op.V_t(x)[..., :2, :2], f * F.avg_pool2d(x, f))
     c = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
-    c[..., 1, 0] = 1.0
-    assert torch.allclose(
-        op.V(c),
-        torch.ones(4, 4, dtype=torch.float64)
-        .new_zeros(8, 8)
-        .index_put(
-            (torch.arange(4, 8)[:, None], torch.arange(4)[None]),
-            torch.tensor(1 / f, dtype=torch.float64),
-        ),
-    )
+    c[..., 1, 0] = 1.0  # the coefficient of block (1, 0): its right singular vector, ones / f
+    expected = torch.zeros(8, 8, dtype=torch.float64)
+    expected[4:8, 0:4] = 1 / f
+    assert torch.allclose(op.V(c)[0, 0], expected)
 
 
 @pytest.mark.parametrize(
@@ -293,14 +287,17 @@ def test_box_svd_is_one_singular_value_per_block():
         (lambda: SuperResolution(0), "factor"),
         (lambda: SuperResolution(2.5), "factor"),  # type: ignore[arg-type]
         (lambda: SuperResolution(2, "lanczos"), "filter"),  # type: ignore[arg-type]
-        (lambda: SuperResolution(3).A(torch.zeros(1, 3, 8, 9)), "factor=3 must divide"),
-        (lambda: SuperResolution(2, "bicubic").A_pinv(torch.zeros(1, 3, 3, 3)).shape, None),
+        (
+            lambda: SuperResolution(3).A(torch.zeros(1, 3, 8, 9)),
+            r"factor=3 must divide .* \(8, 9\)",
+        ),
+        (
+            lambda: SuperResolution(2).A_pinv(torch.zeros(3, 4, 4)),
+            r"y must have shape \(B, C, H, W\)",
+        ),
     ],
 )
 def test_super_resolution_rejects_bad_input(make, message):
-    if message is None:  # a valid call, for contrast: any y maps back to twice its size
-        assert make() == (1, 3, 6, 6)
-        return
     with pytest.raises(ValueError, match=message):
         make()
 

@@ -293,11 +293,12 @@ def test_y_is_checked_against_a_of_x_for_any_operator():
 def test_draws_are_consumed_lazily_from_any_iterable():
     op, y = Identity(), _image(11)
     opts = SamplerOptions(steps=4)
-    noise = (torch.zeros(1, 3, 16, 16) for _ in itertools.count())  # an endless generator
-    out = sample(
-        BoundedNet(), SCHEDULE, op, y, opts, x_T=torch.zeros(1, 3, 16, 16), step_noise=noise
-    )
-    assert out.shape == (1, 3, 16, 16)
+    x_T = torch.zeros(1, 3, 16, 16)
+    endless = (torch.full((1, 3, 16, 16), float(k)) for k in itertools.count())
+    out = sample(BoundedNet(), SCHEDULE, op, y, opts, x_T=x_T, step_noise=endless)
+    listed = [torch.full((1, 3, 16, 16), float(k)) for k in range(4)]
+    expected = sample(BoundedNet(), SCHEDULE, op, y, opts, x_T=x_T, step_noise=listed)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
 # ---- precision, batches, replay inputs ----------------------------------------------------

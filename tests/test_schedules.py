@@ -80,8 +80,14 @@ def test_bad_settings_name_the_parameter(kwargs, message):
 
 
 @pytest.mark.parametrize(
-    "args", [(0, 1e-4, 0.02), (10, 0.0, 0.02), (10, 0.03, 0.02), (10, 1e-4, 1.0)]
+    ("args", "message"),
+    [
+        ((0, 1e-4, 0.02), "num_timesteps"),
+        ((10, 0.0, 0.02), "beta_start"),
+        ((10, 0.03, 0.02), "beta_start <= beta_end"),
+        ((10, 1e-4, 1.0), "beta_end < 1"),
+    ],
 )
-def test_bad_schedule_parameters(args):
-    with pytest.raises(ValueError):
+def test_bad_schedule_parameters(args, message):
+    with pytest.raises(ValueError, match=message):
         linear_schedule(*args)
