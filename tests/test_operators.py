@@ -417,6 +417,15 @@ def test_deblur_is_the_convolution_up_to_the_cutoff(kernel):
     assert float((Deblur(kernel).A(x) - blurred).norm()) > 0  # the default does truncate here
 
 
+def test_deblur_accepts_any_kernel_container():
+    kernel = gaussian_kernel(1.0)
+    reference = Deblur(kernel)
+    for same in (kernel.numpy(), kernel.tolist(), kernel.clone().requires_grad_()):
+        assert Deblur(same) == reference
+    x = randn((1, 3, 8, 8), torch.float32, 22)
+    assert torch.allclose(Deblur(kernel.float()).A(x), reference.A(x), atol=1e-6)
+
+
 def test_deblur_conv_check_tells_a_wrong_blur_apart():
     kernel = anisotropic_gaussian_kernel(0.8, 2.5, (5, 11))
     x = randn((1, 3, 20, 24), torch.float64, 21)

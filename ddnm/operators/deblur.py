@@ -78,7 +78,7 @@ class Deblur(SeparableOperator):
     taps: tuple[tuple[float, ...], tuple[float, ...]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        k = torch.as_tensor(np.asarray(self.kernel, dtype=np.float64))
+        k = as_kernel(self.kernel)
         if k.ndim != 2 or not torch.isfinite(k).all() or not k.any():
             raise ValueError(f"kernel must be a finite non-zero 2-D array, got shape {k.shape}")
         for n in k.shape:
@@ -96,6 +96,14 @@ class Deblur(SeparableOperator):
         offset = torch.arange(n)[None, :] - torch.arange(n)[:, None] + len(k) // 2
         inside = (offset >= 0) & (offset < len(k))
         return torch.where(inside, k[offset.clamp(0, len(k) - 1)], torch.zeros(()).double())
+
+
+def as_kernel(kernel: KernelLike) -> Tensor:
+    """Any kernel (a tensor on any device, with or without grad; an array; nested lists) as a
+    float64 CPU tensor."""
+    if isinstance(kernel, Tensor):
+        return kernel.detach().to("cpu", torch.float64)
+    return torch.as_tensor(np.asarray(kernel, dtype=np.float64))
 
 
 def separate(kernel: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
