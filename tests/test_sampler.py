@@ -16,11 +16,13 @@ import torch
 from ddnm.operators import (
     Colorization,
     CompressedSensing,
+    Deblur,
     Identity,
     Inpainting,
     LinearOperator,
     SuperResolution,
     compose,
+    gaussian_kernel,
 )
 from ddnm.sampling import SamplerOptions, StepInfo, sample
 from ddnm.sampling import steps as S
@@ -258,6 +260,13 @@ def test_y_that_does_not_fit_the_operator_is_refused():
     for op, y, message in cases:
         with pytest.raises(ValueError, match=message):
             sample(BoundedNet(), SCHEDULE, op, y, SamplerOptions(steps=2))
+
+
+def test_a_chain_without_exact_pinv_is_refused():
+    op = compose(Inpainting(torch.rand(16, 16) > 0.5), Deblur(gaussian_kernel(1.0)))
+    assert not op.exact_pinv
+    with pytest.raises(ValueError, match=r"exact pseudo-inverse.*Inpainting → Deblur"):
+        sample(BoundedNet(), SCHEDULE, op, op.A(_image(17)), SamplerOptions(steps=2))
 
 
 class WithoutSVD(LinearOperator):
