@@ -86,6 +86,8 @@ def test_factory_refuses_underived_sizes_but_class_kwargs_accept_them(reference_
         64,
         24 * 24 + 1,
     )  # 32 * 2 channels at 96 // 4
+    with pytest.raises(ValueError, match=r"\(B, C, 96, 96\)"):  # the attention pool fixes the size
+        net(torch.zeros(1, 3, 64, 64, device="meta"), torch.zeros(1, device="meta"))
 
 
 def test_unknown_arch_is_rejected():

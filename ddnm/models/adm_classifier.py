@@ -92,6 +92,8 @@ class EncoderUNetModel(nn.Module):
         if pool == "attention" and num_head_channels == -1:
             raise ValueError('pool="attention" needs num_head_channels')
         self.model_channels = model_channels
+        # the attention pool's positional embedding fixes the input size; the adaptive pool does not
+        self.input_size = image_size if pool == "attention" else None
         self.out_channels = out_channels  # the number of classes
         opts = BlockOptions(
             4 * model_channels,
@@ -136,6 +138,9 @@ class EncoderUNetModel(nn.Module):
 
     def forward(self, x: Tensor, timesteps: Tensor) -> Tensor:
         """x (B, C, H, W) noisy image, timesteps (B,) -> logits (B, out_channels)."""
+        size = self.input_size
+        if size is not None and (x.ndim != 4 or x.shape[2:] != (size, size)):
+            raise ValueError(f"x must have shape (B, C, {size}, {size}), got {tuple(x.shape)}")
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
         h = x.to(self.torso_dtype)
         for block in self.input_blocks:
