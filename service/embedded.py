@@ -90,11 +90,13 @@ def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 class RedisServer:
-    """A private redis-server on a free loopback port, its data in a temporary
-    folder that `stop()` removes."""
+    """A private redis-server on a free loopback port, its data in a temporary folder that
+    `stop()` removes. It keeps nothing on disk unless `appendonly` (as production Redis does,
+    so that `restart()` keeps the data)."""
 
-    def __init__(self) -> None:
+    def __init__(self, appendonly: bool = False) -> None:
         self.port = free_port()
+        self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
         self.tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -104,27 +106,37 @@ class RedisServer:
 
     def start(self) -> str:
         """Start it and return its URL once it accepts connections."""
-        binary = redis_server_binary()
         self.tmp = tempfile.TemporaryDirectory(prefix="ddnm-redis-")
+        self._spawn(self.tmp.name)
+        return self.url
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Shut it down (SIGTERM: a clean shutdown) and start it again on the same port
+        `down_s` seconds later."""
+        assert self.process is not None and self.tmp is not None, "not started"
+        stop_processes([self.process])
+        time.sleep(down_s)
+        self._spawn(self.tmp.name)
+
+    def _spawn(self, folder: str) -> None:
         self.process = subprocess.Popen(
             [
-                binary,
+                redis_server_binary(),
                 "--port",
                 str(self.port),
                 "--bind",
                 "127.0.0.1",
                 "--dir",
-                self.tmp.name,
+                folder,
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
             ],
             stdout=subprocess.DEVNULL,
             start_new_session=True,
         )
         wait_for(lambda: port_open(self.port), "redis-server", 10.0)
-        return self.url
 
     def stop(self) -> None:
         if self.process is not None:
@@ -148,7 +160,8 @@ def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None
 
 class Stack:
     """Redis + workers + API. `env` adds to / overrides the environment of the children; with
-    `log_dir` each child writes its output to `<log_dir>/<name>.log` instead of this terminal."""
+    `log_dir` each child writes its output to `<log_dir>/<name>.log` instead of this terminal;
+    `redis_appendonly` keeps Redis's data across `redis.restart()`."""
 
     def __init__(
         self,
@@ -157,8 +170,10 @@ class Stack:
         workers: int = 1,
         env: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
+        redis_appendonly: bool = False,
     ) -> None:
         self.host, self.port = host, port
+        self.redis_appendonly = redis_appendonly
         self.n_workers = workers
         self.env = dict(env or {})
         self.log_dir = log_dir
@@ -196,7 +211,7 @@ class Stack:
 
     def start(self, ready_timeout_s: float = 120.0) -> None:
         """Start everything and wait until /readyz answers 200 (a worker has its model)."""
-        self.redis = RedisServer()
+        self.redis = RedisServer(self.redis_appendonly)
         self.env["DDNM_REDIS_URL"] = self.redis.start()
         for i in range(1, self.n_workers + 1):
             self.spawn(f"worker{i}", [sys.executable, "-m", "worker"], self.child_env())

@@ -10,6 +10,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -23,6 +25,10 @@ DESCRIPTION = """Zero-shot image restoration with DDNM / DDNM+ (Wang, Yu, Zhang,
 
 `POST /restore` a degraded image and a task spec; a worker runs the job; poll `GET /jobs/{id}`
 or follow `GET /jobs/{id}/events`, then fetch `GET /jobs/{id}/result`."""
+
+# A command that meets a dropped connection (Redis restarted) is retried on a new one, for up to
+# about 0.7 s; past that the request gets a 503.
+REDIS_RETRY = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3)
 
 
 def celery_enqueue(settings: Settings) -> Enqueue:
@@ -58,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = Redis.from_url(settings.redis_url)
+        redis = Redis.from_url(settings.redis_url, retry=REDIS_RETRY)
         app.state.store = JobStore(redis, settings, celery_enqueue(settings))
         yield
         await redis.aclose()

@@ -1,6 +1,7 @@
 """The service end to end with real parts: a private redis-server, two Celery worker processes
 (`python -m worker`) and uvicorn on a loopback port, driven over HTTP with httpx. The model is the
-small reference network (32x32); jobs use few steps. The last test kills a worker."""
+small reference network (32x32); jobs use few steps. Redis keeps an append-only file, as in
+production, so that it can be restarted mid-job. The last test kills a worker."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from tests.test_service_api import (
     MASK,
     box_downsample,
     crop,
+    metric,
     parse_events,
     png,
     request,
@@ -52,7 +54,7 @@ TERMINAL = ("succeeded", "failed", "canceled")
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("service-logs")
-    with Stack(port=free_port(), workers=2, env=ENV, log_dir=logs) as s:
+    with Stack(port=free_port(), workers=2, env=ENV, log_dir=logs, redis_appendonly=True) as s:
         yield s
 
 
@@ -117,6 +119,7 @@ def test_photo_4x_super_resolution_end_to_end(client: Client) -> None:
     steps = [e["data"]["step"] for e in events[running_at:-1]]
     assert all(e["event"] == "progress" for e in events[running_at + 1 : -1])
     assert steps[1:] == sorted(steps[1:]) and steps[-1] == 20 and len(set(steps)) > 5
+    assert all(e["data"]["eta_s"] > 0 for e in events[running_at + 1 : -2])  # before step 20
 
     done = client.get(f"/jobs/{job['id']}").json()
     assert done["status"] == "succeeded" and done["attempts"] == 1
@@ -212,6 +215,47 @@ def test_cancel_a_running_job(client: Client) -> None:
     assert events[-1]["data"]["status"] == "canceled"
 
 
+def test_a_queued_job_canceled_never_runs(client: Client, redis: Redis) -> None:
+    long = {"degradations": [{"op": "grayscale"}], "steps": 400}
+    busy = [submit(client, long, png(crop()[..., 0])) for _ in range(2)]
+    for job in busy:
+        wait_running(client, job["id"], min_step=1)
+    waiting = submit(client, {"degradations": [{"op": "grayscale"}], "steps": 5}, png(crop()))
+    # prefetch 1: each worker holds only the job it runs, the third waits in the queue
+    assert redis.llen(queue_name(MODEL)) == 1
+    canceled = client.delete(f"/jobs/{waiting['id']}").json()
+    assert canceled["status"] == "canceled" and canceled["finished_at"] is not None
+    for job in busy:
+        assert client.delete(f"/jobs/{job['id']}").json()["cancel_requested"]
+    # a worker takes the canceled job's message and acknowledges it without running the job
+    # (kombu keeps delivered, unacknowledged messages in the hash "unacked")
+    deadline = time.monotonic() + 30.0
+    while redis.llen(queue_name(MODEL)) or redis.hlen("unacked"):
+        assert time.monotonic() < deadline, "the canceled job's message was not consumed"
+        time.sleep(0.05)
+    final = client.get(f"/jobs/{waiting['id']}").json()
+    assert final == canceled
+    assert (final["attempts"], final["started_at"], final["worker"]) == (0, None, None)
+    statuses = [e["data"]["status"] for e in parse_events(client.get(final["events_url"]).text)]
+    assert statuses == ["queued", "canceled"]
+    assert [wait(client, job["id"])["status"] for job in busy] == ["canceled", "canceled"]
+
+
+def test_a_redis_restart_mid_job_loses_nothing(client: Client, stack: Stack) -> None:
+    job = submit(client, {"degradations": [{"op": "grayscale"}], "steps": 60}, png(crop()))
+    wait_running(client, job["id"], min_step=3)
+    assert stack.redis is not None
+    # down for a second: the worker's next progress write meets it (its commands are retried)
+    stack.redis.restart(down_s=1.0)
+    assert client.get(f"/jobs/{job['id']}").json()["status"] == "running"
+    final = wait(client, job["id"])
+    # the same attempt ran on: a failed write would have left the job to the visibility timeout
+    assert (final["status"], final["attempts"], final["progress"]["step"]) == ("succeeded", 1, 60)
+    # the API and the workers reconnected: a new job runs
+    after = submit(client, {"degradations": [{"op": "grayscale"}], "steps": 5}, png(crop()))
+    assert wait(client, after["id"])["status"] == "succeeded"
+
+
 def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
@@ -235,8 +279,14 @@ def test_readiness_models_and_metrics(client: Client) -> None:
     assert client.get("/models").json()[0]["workers_ready"] == 2
     text = client.get("/metrics").text
     assert 'ddnm_jobs_total{status="succeeded"}' in text
-    count = next(line for line in text.splitlines() if line.startswith("ddnm_step_seconds_count"))
-    assert float(count.split()[1]) > 20
+    assert metric(text, "ddnm_step_seconds_count") > 20
+    assert (
+        metric(text, "ddnm_job_duration_seconds_count")
+        >= metric(text, 'ddnm_jobs_total{status="succeeded"}')
+        > 10
+    )
+    assert metric(text, f'ddnm_queue_depth{{model="{MODEL}"}}') == 0
+    assert metric(text, f'ddnm_workers_ready{{model="{MODEL}"}}') == 2
 
 
 def test_killing_a_worker_mid_job_does_not_lose_the_job(client: Client, stack: Stack) -> None:
