@@ -65,8 +65,9 @@ def linear_schedule(
 
 def check_travel(steps: int, travel_length: int, travel_repeat: int) -> None:
     """Raise ValueError unless (travel_length, travel_repeat) is a valid time-travel setting."""
-    if travel_repeat < 1:
-        raise ValueError(f"travel_repeat must be >= 1, got {travel_repeat!r}")
+    if travel_repeat < 1 or (travel_repeat > 1 and steps < 2):
+        allowed = ">= 1" if steps >= 2 else "1 when steps = 1 (no step to travel back to)"
+        raise ValueError(f"travel_repeat must be {allowed}, got {travel_repeat!r}")
     if travel_length < 1 or (travel_repeat > 1 and travel_length >= steps):
         raise ValueError(
             f"travel_length must be in [1, steps - 1] = [1, {steps - 1}], got {travel_length!r}"

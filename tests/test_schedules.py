@@ -72,6 +72,7 @@ def test_time_travel_schedules(tables, key):
         ({"steps": 10, "travel_length": 10, "travel_repeat": 2}, "travel_length"),
         ({"steps": 10, "travel_length": 0}, "travel_length"),
         ({"steps": 10, "travel_repeat": 0}, "travel_repeat"),
+        ({"steps": 1, "travel_repeat": 2}, "travel_repeat must be 1 when steps = 1"),
     ],
 )
 def test_bad_settings_name_the_parameter(kwargs, message):
