@@ -6,6 +6,7 @@ then enqueues the Celery task by name (the API never imports the worker code).
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +15,7 @@ from typing import Any
 
 import anyio
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from contract.jobs import (
     IDEMPOTENCY_KEY,
@@ -32,6 +34,7 @@ from contract.settings import Settings
 from contract.spec import TaskSpec
 
 Enqueue = Callable[[str, str], None]  # (job id, queue name): sends the task
+ADMISSION_LEASE_S = 60  # an Idempotency-Key claimed by a request whose job is not stored yet
 
 
 class IdempotencyConflict(ValueError):
@@ -68,20 +71,44 @@ class JobStore:
     async def admit(self, admission: Admission, idempotency_key: str | None) -> str:
         """Create and enqueue a job; with an Idempotency-Key seen before, return its job instead.
 
-        Raises IdempotencyConflict when the key was used with a different payload.
+        Raises IdempotencyConflict when the key was used with a different payload. When the job
+        cannot be stored or queued, the error goes on and the job is not left waiting forever:
+        it is marked failed and the key freed, so that the client can submit it again.
         """
         job_id = uuid.uuid4().hex
-        if idempotency_key is not None:
-            key = IDEMPOTENCY_KEY.format(idempotency_key)
+        key = None if idempotency_key is None else IDEMPOTENCY_KEY.format(idempotency_key)
+        if key is not None:
+            # claimed for ADMISSION_LEASE_S; stored with its job for idempotency_ttl_s
             claim = f"{job_id} {admission.upload_sha256}"
-            ttl = self.settings.idempotency_ttl_s
-            if not await self.redis.set(key, claim, nx=True, ex=ttl):
+            if not await self.redis.set(key, claim, nx=True, ex=ADMISSION_LEASE_S):
                 return await self._replay(key, admission.upload_sha256)
-        await self._create(job_id, admission)
         model = admission.spec.model
         assert model is not None, "admission resolves the model"
-        await anyio.to_thread.run_sync(self.enqueue, job_id, queue_name(model))
+        try:
+            await self._create(job_id, admission, key)
+            await anyio.to_thread.run_sync(self.enqueue, job_id, queue_name(model))
+        except Exception:
+            await self._abandon(job_id, key)
+            raise
         return job_id
+
+    async def _abandon(self, job_id: str, key: str | None) -> None:
+        """After a failed admission: fail the job if it was stored, free the key if still ours
+        (best effort: Redis may be what failed)."""
+        error = "the job could not be queued; submit it again"
+        ttl = self.settings.job_ttl_s
+        with contextlib.suppress(RedisError):
+            await transition(
+                self.redis,
+                job_id,
+                Status.FAILED,
+                (Status.QUEUED,),
+                ttl,
+                finished_at=time.time(),
+                error=error,
+            )
+            if key is not None and as_text(await self.redis.get(key) or "").startswith(job_id):
+                await self.redis.delete(key)
 
     async def _replay(self, key: str, upload_sha256: str) -> str:
         claim = await self.redis.get(key)
@@ -94,7 +121,7 @@ class JobStore:
             )
         return job_id
 
-    async def _create(self, job_id: str, admission: Admission) -> None:
+    async def _create(self, job_id: str, admission: Admission, key: str | None) -> None:
         spec, ttl = admission.spec, self.settings.pending_ttl_s
         assert spec.model is not None and spec.seed is not None
         record = JobRecord(
@@ -110,6 +137,8 @@ class JobStore:
             pipe.set(job_key(job_id, "image"), admission.image, ex=ttl)
             if admission.mask is not None:
                 pipe.set(job_key(job_id, "mask"), admission.mask, ex=ttl)
+            if key is not None:
+                pipe.expire(key, self.settings.idempotency_ttl_s)
             # the queued event and counter: a transition from the state just written
             transition(pipe, job_id, Status.QUEUED, (Status.QUEUED,), ttl_s=ttl)
             await pipe.execute()

@@ -16,13 +16,23 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from kombu.exceptions import OperationalError
 from PIL import Image
 from redis import Redis
 from skimage import data
 
-from contract.jobs import MODELS_KEY, WORKER_KEY, Heartbeat, ModelInfo, job_key, queue_name
+from contract.jobs import (
+    IDEMPOTENCY_KEY,
+    MODELS_KEY,
+    WORKER_KEY,
+    Heartbeat,
+    ModelInfo,
+    job_key,
+    queue_name,
+)
 from contract.settings import Settings
 from service.embedded import REPO, RedisServer
+from service.jobs import ADMISSION_LEASE_S
 from service.main import create_app
 
 MODEL = ModelInfo(name="test-model", checkpoint_sha256="00" * 32, image_size=32)
@@ -204,6 +214,31 @@ def test_idempotency_key(client: TestClient, redis: Redis) -> None:
     assert "already used for a different request" in other.json()["detail"]
     fresh = client.post("/restore", headers={"Idempotency-Key": "order-18"}, **request())
     assert fresh.json()["id"] != first.json()["id"]
+
+
+def test_a_job_that_cannot_be_queued_fails_and_frees_its_idempotency_key(
+    client: TestClient, redis: Redis
+) -> None:
+    store = client.app.state.store
+    send = store.enqueue
+
+    def broker_down(job_id: str, queue: str) -> None:
+        raise OperationalError("Error 111 connecting to the broker")
+
+    # the broker is the job store's Redis, so it cannot fail alone here: a stand-in that does
+    store.enqueue = broker_down
+    headers = {"Idempotency-Key": "order-19"}
+    refused = client.post("/restore", headers=headers, **request())
+    assert refused.status_code == 503 and "retry later" in refused.json()["detail"]
+    (record_key,) = [k for k in job_keys(redis) if k.count(b":") == 2]
+    assert redis.hget(record_key, "status") == b"failed"  # not left queued forever
+    assert b"submit it again" in redis.hget(record_key, "error")
+    store.enqueue = send
+    again = client.post("/restore", headers=headers, **request())
+    assert again.status_code == 202
+    assert job_key(again.json()["id"]).encode() != record_key
+    assert redis.llen(queue_name(MODEL.name)) == 1
+    assert redis.ttl(IDEMPOTENCY_KEY.format("order-19")) > ADMISSION_LEASE_S  # kept with the job
 
 
 def test_cancel_a_queued_job(client: TestClient) -> None:
