@@ -27,8 +27,9 @@ from ddnm.sampling.options import SamplerOptions
 from ddnm.schedules import Schedule, timestep_pairs
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
-"""ε_θ(x_t, t): x_t (B, C, H, W), t (B,) float timesteps -> ε (B, C, H, W), or (B, 2C, H, W) for
-networks with a learned variance (the first C channels are ε)."""
+"""ε_θ(x_t, t): x_t (B, C, H, W), t (B,) integer-valued timesteps in x_t's dtype (float32 in a
+float32 run) -> ε (B, C, H, W), or (B, 2C, H, W) for networks with a learned variance (the first C
+channels are ε); any dtype, cast to x_t's."""
 
 
 @dataclass(frozen=True)
