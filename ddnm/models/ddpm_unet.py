@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddnm.models.adm_unet import Upsample  # the same layer: nearest x2, then `conv`
 from ddnm.models.precision import GroupNorm32, check_torso_dtype, convert_convs, softmax32
 
 
@@ -51,16 +52,6 @@ def swish(x: Tensor) -> Tensor:
 
 def normalize(channels: int) -> GroupNorm32:
     return GroupNorm32(32, channels, eps=1e-6)
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int, with_conv: bool) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1) if with_conv else None
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return x if self.conv is None else self.conv(x)
 
 
 class Downsample(nn.Module):
