@@ -8,6 +8,7 @@ stored `y` once that is reshaped into this package's image layout.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -350,11 +351,27 @@ def test_identity():
     assert torch.equal(Identity().A(x), x) and torch.equal(Identity().A_pinv(x), x)
 
 
-def test_operators_are_immutable():
-    op = SuperResolution(2)
-    with pytest.raises(AttributeError):
-        op.factor = 3  # type: ignore[misc]
-    assert SuperResolution(2, "box") == op and hash(SuperResolution(2)) == hash(op)
+def test_operators_are_immutable(case):
+    op, _ = case
+    for f in dataclasses.fields(op):  # type: ignore[arg-type]
+        with pytest.raises(AttributeError):
+            setattr(op, f.name, None)
+
+
+def test_operators_keep_their_own_copy_of_masks_and_permutations():
+    mask, perm = torch.ones(4, 4), torch.arange(16)
+    inpainting, cs = Inpainting(mask), CompressedSensing(0.5, perm=perm)
+    pooling = MaskedPooling(mask, 2)
+    mask.zero_()
+    perm[:2] = torch.tensor([1, 0])
+    assert inpainting.mask.sum() == 16 and pooling.mask.sum() == 16
+    assert torch.equal(cs.perm, torch.arange(16))
+
+
+def test_value_operators_compare_by_value():
+    assert SuperResolution(2, "box") == SuperResolution(2)
+    assert hash(SuperResolution(2)) == hash(SuperResolution(2))
+    assert Deblur(uniform_kernel(3)) == Deblur(uniform_kernel(3)) != Deblur(uniform_kernel(5))
 
 
 # ---- goldens of the reference ----------------------------------------------------------------

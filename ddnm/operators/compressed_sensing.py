@@ -98,7 +98,7 @@ class CompressedSensing(SVDOperator):
     def _permutation(self, n: int) -> Tensor:
         if self.perm is None:
             return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-        perm = torch.as_tensor(self.perm).long().cpu()
+        perm = torch.as_tensor(self.perm).to("cpu", torch.long, copy=True)
         if perm.shape != (n,) or not torch.equal(perm.sort().values, torch.arange(n)):
             raise ValueError(f"perm must be a permutation of range({n}), got shape {perm.shape}")
         return perm

@@ -16,7 +16,8 @@ from ddnm.operators.base import ImageShape, SVDOperator
 
 
 def as_mask(mask: Tensor) -> Tensor:
-    """A 0/1 mask of shape (H, W) or (B, 1, H, W) -> float32 (B or 1, 1, H, W), else ValueError."""
+    """A 0/1 mask (any dtype, bool included) of shape (H, W) or (B, 1, H, W) -> a float32 copy
+    (B or 1, 1, H, W) that later changes to `mask` do not reach; else ValueError."""
     m = torch.as_tensor(mask)
     if m.ndim == 2:
         m = m[None, None]
@@ -24,7 +25,7 @@ def as_mask(mask: Tensor) -> Tensor:
         raise ValueError(f"mask must have shape (H, W) or (B, 1, H, W), got {tuple(m.shape)}")
     if not ((m == 0) | (m == 1)).all():
         raise ValueError("mask must be binary: 1 = known pixel, 0 = missing")
-    return m.to(torch.float32)
+    return m.to(torch.float32, copy=True)
 
 
 @dataclass(frozen=True, eq=False)
