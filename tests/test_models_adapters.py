@@ -87,6 +87,8 @@ def test_class_label_reaches_a_class_conditional_network(inputs):
     assert not torch.allclose(eps_7, as_denoiser(net, class_label=8)(x, t))
     per_sample = as_denoiser(net, class_label=torch.tensor([7, 8]))(x, t)
     assert torch.equal(per_sample[0], eps_7[0])
+    with pytest.raises(ValueError, match="one label or 2"):
+        as_denoiser(net, class_label=torch.tensor([7, 8, 9]))(x, t)
 
 
 def test_bad_arguments_are_rejected():

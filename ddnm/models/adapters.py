@@ -93,6 +93,11 @@ class Denoiser:
         """The job's class labels as (batch,) int64, or None."""
         if self.class_labels is None:
             return None
+        if len(self.class_labels) not in (1, batch):
+            raise ValueError(
+                f"class_label must be one label or {batch} (one per sample), "
+                f"got {len(self.class_labels)}"
+            )
         return self.class_labels.to(self.device).expand(batch)
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
