@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from celery import Celery
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
 from redis.asyncio import Redis
@@ -19,6 +20,7 @@ from contract.jobs import CELERY_WIRE, TASK_NAME
 from contract.settings import Settings
 from service.jobs import Enqueue, JobStore
 from service.routes import health, jobs, models, restore
+from service.schemas import describe_error
 from service.uploads import UploadError
 
 DESCRIPTION = """Zero-shot image restoration with DDNM / DDNM+ (Wang, Yu, Zhang, ICLR 2023).
@@ -73,6 +75,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     # an image, a mask and the spec
     app.add_middleware(BodyLimit, limit=2 * settings.max_upload_bytes + 2**20)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+        """One message, like every other refusal: "where: what" (loc less "body", "path", ..)."""
+        problems = [describe_error(e["loc"][1:], e["msg"]) for e in err.errors()]
+        if any(e["loc"][0] == "body" for e in err.errors()):
+            problems.append(restore.PARTS_HELP)
+        return JSONResponse({"detail": "; ".join(problems)}, 422)
 
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, err: UploadError) -> JSONResponse:

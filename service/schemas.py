@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -12,6 +14,13 @@ from contract.spec import TaskSpec
 
 class Error(BaseModel):
     detail: str = Field(description="what was wrong and what to send instead")
+
+
+def describe_error(loc: Sequence[Any], msg: str) -> str:
+    """One pydantic validation error as "where: what", where = the dotted location."""
+    where = ".".join(str(part) for part in loc)
+    message = msg.removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
 
 
 class Progress(BaseModel):

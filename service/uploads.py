@@ -1,5 +1,6 @@
 """Checks on uploaded images, done with Pillow alone: a readable, complete PNG / JPEG / WebP of
-bounded size. The worker decodes the same bytes again when it runs the job."""
+bounded size with 8 bits per channel. The worker decodes the same bytes again when it runs the
+job."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-FORMATS = ("PNG", "JPEG", "WEBP")
+FORMATS = ("PNG", "JPEG", "MPO", "WEBP")  # MPO: a JPEG holding more pictures, as cameras write
 
 
 class UploadError(ValueError):
@@ -42,6 +43,11 @@ def check_image(field: str, data: bytes, max_bytes: int, max_pixels: int) -> Che
     with image:
         if image.format not in FORMATS:
             raise UploadError(f"{field}: {image.format} is not accepted; send PNG, JPEG or WebP")
+        if image.mode.startswith(("I", "F")):  # 16-bit PNGs: Pillow would clip them to 8 bits
+            raise UploadError(
+                f"{field}: {image.mode} pixels (more than 8 bits) are not accepted; "
+                f"send an 8-bit image"
+            )
         width, height = image.size
         if width * height > max_pixels:
             raise UploadError(

@@ -8,8 +8,10 @@ from __future__ import annotations
 import io
 import json
 import re
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,10 +43,23 @@ MAX_UPLOAD_BYTES = 300_000
 LIMITS_ENV = {"DDNM_MAX_PIXELS": str(MAX_PIXELS), "DDNM_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES)}
 
 
-def png(array: np.ndarray, format: str = "PNG") -> bytes:
+def png(array: np.ndarray, format: str = "PNG", **options: Any) -> bytes:
     out = io.BytesIO()
-    Image.fromarray(array).save(out, format=format)
+    Image.fromarray(array).save(out, format=format, **options)
     return out.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height RGB pixels and holds next to none: a decompression
+    bomb's header (decoding it would allocate 3 * width * height bytes)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1000)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def crop(size: int = 32) -> np.ndarray:
@@ -66,14 +81,16 @@ MASK[8:20, 10:24] = 0
 
 
 def request(spec: Any = SR4, image: bytes | None = Y8, mask: bytes | None = None) -> dict:
-    """httpx keyword arguments of a POST /restore (spec: dict, raw text or None)."""
-    files = {}
+    """httpx keyword arguments of a multipart POST /restore, as `curl -F` sends it (spec: dict,
+    raw text or None; a part without file name is a text field)."""
+    files: dict[str, tuple] = {}
+    if spec is not None:
+        files["spec"] = (None, spec if isinstance(spec, str) else json.dumps(spec))
     if image is not None:
         files["image"] = ("y.png", image, "image/png")
     if mask is not None:
         files["mask"] = ("mask.png", mask, "image/png")
-    form = {} if spec is None else {"spec": spec if isinstance(spec, str) else json.dumps(spec)}
-    return {"files": files, "data": form}
+    return {"files": files}
 
 
 # (name, request, status, what the message must say)
@@ -125,6 +142,32 @@ BAD_INPUTS = [
         "spec: cs coefficients cannot be uploaded as an image: send the clean image",
     ),
     ("too many pixels", request(image=png(np.zeros((400, 400, 3), np.uint8))), 413, "pixels"),
+    (
+        "bomb over the pixel limit",
+        request(image=png_header_only(5_000, 5_000)),
+        413,
+        "5000x5000 is over the limit of 100000 pixels",
+    ),
+    ("bomb over Pillow's limit", request(image=png_header_only(60_000, 60_000)), 413, "bomb"),
+    (
+        "16-bit image",
+        request(image=png((np.arange(64).reshape(8, 8) * 1000).astype(np.uint16))),
+        422,
+        "image: I;16 pixels (more than 8 bits) are not accepted; send an 8-bit image",
+    ),
+    (
+        "grey mask, nothing brighter than mid-grey",
+        request(INPAINT, png(crop()), png(np.full((32, 32), 127, np.uint8))),
+        422,
+        "mask: no known pixel",
+    ),
+    ("JSON body", {"json": {"spec": SR4}}, 415, "takes multipart/form-data"),
+    (
+        "spec sent as a file",
+        {"files": {"image": ("y.png", Y8, "image/png"), "spec": ("s.json", json.dumps(SR4))}},
+        422,
+        "spec: Input should be a valid string; POST /restore takes multipart/form-data",
+    ),
     ("too many bytes", request(image=b"x" * (MAX_UPLOAD_BYTES + 1)), 413, "over the limit"),
 ]
 
@@ -198,6 +241,17 @@ def test_admission_stores_the_job_and_enqueues_it(client: TestClient, redis: Red
     assert client.get(f"/jobs/{job['id']}").json() == job
 
 
+@pytest.mark.parametrize(
+    "options", [{"format": "PNG"}, {"format": "JPEG", "quality": 95}, {"format": "WEBP"},
+                {"format": "MPO", "save_all": True, "append_images": [Image.new("RGB", (8, 8))]}],
+    ids=["PNG", "JPEG", "WebP", "MPO"],
+)  # fmt: skip
+def test_accepted_image_formats(client: TestClient, options: dict) -> None:
+    y = box_downsample(crop(), 4).round().astype(np.uint8)
+    response = client.post("/restore", **request(image=png(y, **options)))
+    assert response.status_code == 202, response.text
+
+
 def test_a_given_seed_is_kept(client: TestClient) -> None:
     assert client.post("/restore", **request({**SR4, "seed": 1234})).json()["seed"] == 1234
 
@@ -257,7 +311,9 @@ def test_unknown_and_malformed_job_ids(client: TestClient) -> None:
     assert client.get(f"/jobs/{'0' * 32}").status_code == 404
     assert client.get(f"/jobs/{'0' * 32}/result").status_code == 404
     assert client.delete(f"/jobs/{'0' * 32}").status_code == 404
-    assert client.get("/jobs/not-an-id").status_code == 422
+    malformed = client.get("/jobs/not-an-id")
+    assert malformed.status_code == 422
+    assert malformed.json() == {"detail": "job_id: String should match pattern '^[0-9a-f]{32}$'"}
 
 
 def parse_events(text: str) -> list[dict]:

@@ -74,8 +74,10 @@ def test_uploads_become_tensors() -> None:
     as_gray = read_upload(png(gray), 1)
     assert as_gray.shape == (1, 1, 8, 8)
     torch.testing.assert_close(as_gray[0, 0], torch.from_numpy(gray / 127.5 - 1).float())
-    # a colour upload for a grayscale chain is converted, not refused
-    assert read_upload(png(rgb), 1).shape == (1, 1, 8, 8)
+    # a colour upload for a grayscale chain is converted, not refused: to what A makes of it
+    torch.testing.assert_close(
+        read_upload(png(rgb), 1), operators.Colorization().A(imaging.to_tensor(rgb))
+    )
 
 
 def observed(A: operators.LinearOperator, x: torch.Tensor) -> torch.Tensor:

@@ -95,12 +95,11 @@ def chain_operator(spec: TaskSpec, x_shape: Shape, mask: Tensor | None) -> Linea
 
 
 def read_upload(data: bytes, channels: int) -> Tensor:
-    """Uploaded image bytes -> (1, channels, H, W) float32 in [-1, 1]."""
-    if channels == 3:
-        return imaging.to_tensor(imaging.load_image(io.BytesIO(data)))  # type: ignore[arg-type]
-    with Image.open(io.BytesIO(data)) as image:
-        gray = np.asarray(image.convert("L"))
-    return imaging.to_tensor(np.repeat(gray[..., None], 3, axis=2))[:, :1]
+    """Uploaded image bytes -> (1, channels, H, W) float32 in [-1, 1] (alpha composited onto
+    white). One channel is the mean of the three, what the grayscale operator makes of a colour
+    image."""
+    rgb = imaging.to_tensor(imaging.load_image(io.BytesIO(data)))  # type: ignore[arg-type]
+    return rgb if channels == 3 else rgb.mean(dim=1, keepdim=True)
 
 
 def read_mask(data: bytes) -> Tensor:

@@ -12,7 +12,7 @@ from service.deps import StoreDep
 from service.jobs import JobStore
 from service.schemas import Error, Job
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses={422: {"model": Error}})
 
 JobId = Annotated[str, Path(pattern="^[0-9a-f]{32}$", description="as returned by POST /restore")]
 EVENTS_KEEPALIVE_S = 15.0

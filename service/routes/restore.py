@@ -10,14 +10,14 @@ import hashlib
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Header, HTTPException, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Response, UploadFile
 from pydantic import ValidationError
 
 from contract.jobs import ModelInfo
 from contract.spec import Shape, TaskSpec
 from service.deps import StoreDep
 from service.jobs import Admission, IdempotencyConflict, JobStore
-from service.schemas import Error, Job
+from service.schemas import Error, Job, describe_error
 from service.uploads import CheckedImage, check_image
 
 router = APIRouter(tags=["restore"])
@@ -25,14 +25,25 @@ router = APIRouter(tags=["restore"])
 SPEC_HELP = (
     'task spec as JSON, e.g. {"degradations": [{"op": "downsample", "factor": 4}], "steps": 100}'
 )
+PARTS_HELP = (
+    "POST /restore takes multipart/form-data (curl -F): image (a file), spec (a text field, "
+    "JSON) and, for inpainting, mask (a file)"
+)
+
+
+async def multipart_only(content_type: Annotated[str, Header()] = "") -> None:
+    if not content_type.startswith("multipart/form-data"):
+        raise HTTPException(415, f"{PARTS_HELP}; got {content_type or 'no Content-Type'}")
 
 
 @router.post(
     "/restore",
     status_code=202,
+    dependencies=[Depends(multipart_only)],
     responses={
         409: {"model": Error},
         413: {"model": Error},
+        415: {"model": Error},
         422: {"model": Error},
         503: {"model": Error},
     },
@@ -102,14 +113,12 @@ def _parse_spec(text: str) -> TaskSpec:
     try:
         return TaskSpec.model_validate_json(text)
     except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            if e["type"] == "json_invalid":
-                problems.append(f"not valid JSON ({e['msg']}); send a JSON object")
-            else:
-                where = ".".join(str(p) for p in e["loc"])
-                message = e["msg"].removeprefix("Value error, ")
-                problems.append(f"{where}: {message}" if where else message)
+        problems = [
+            f"not valid JSON ({e['msg']}); send a JSON object"
+            if e["type"] == "json_invalid"
+            else describe_error(e["loc"], e["msg"])
+            for e in err.errors()
+        ]
         raise HTTPException(422, "spec: " + "; ".join(problems)) from err
 
 
