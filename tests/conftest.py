@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,3 +17,13 @@ def reference_dir() -> Path:
     if not REFERENCE.is_dir():
         raise FileNotFoundError(f"reference fixtures not found at {REFERENCE}")
     return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A private redis-server on a free loopback port, for the tests that need a real Redis
+    (each flushes it first); tests that stop or restart Redis start their own."""
+    from service.embedded import RedisServer
+
+    with RedisServer() as url:
+        yield url

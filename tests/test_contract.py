@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,6 @@ from contract.jobs import JOBS_COUNTER_KEY, JobRecord, Status, job_key, transiti
 from contract.settings import Settings
 from contract.spec import TaskSpec
 from ddnm.schedules import check_travel
-from service.embedded import RedisServer
 from worker.pipeline import chain_operator
 
 OLD_PHOTO = {
@@ -206,12 +206,12 @@ def test_settings_refuse_a_visibility_timeout_shorter_than_jobs(
         Settings()
 
 
-@pytest.fixture(scope="module")
-def redis() -> Redis:
-    with RedisServer() as url:
-        client = Redis.from_url(url)
-        yield client
-        client.close()
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Redis]:
+    client = Redis.from_url(redis_url)
+    client.flushall()
+    yield client
+    client.close()
 
 
 def test_transition_is_conditional_and_records_an_event(redis: Redis) -> None:

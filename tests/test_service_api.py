@@ -176,12 +176,6 @@ def job_keys(redis: Redis) -> list[bytes]:
     return list(redis.scan_iter(match=job_key("*")))
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with RedisServer() as url:
-        yield url
-
-
 @pytest.fixture
 def redis(redis_url: str) -> Iterator[Redis]:
     client = Redis.from_url(redis_url)

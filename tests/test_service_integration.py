@@ -209,7 +209,8 @@ def test_cancel_a_running_job(client: Client) -> None:
     assert 3 <= stopped_at <= step_when_asked + 1 < 200
     finished = _epoch(final["finished_at"])
     seconds_per_step = (finished - _epoch(final["started_at"])) / stopped_at
-    assert finished - asked_at < 2 * seconds_per_step + 0.5, (finished - asked_at, seconds_per_step)
+    # and soon: well before the ~190 steps left would have run (slack for a loaded machine)
+    assert finished - asked_at < 2 * seconds_per_step + 1.0, (finished - asked_at, seconds_per_step)
     assert client.get(f"/jobs/{job['id']}/result").status_code == 409
     events = parse_events(client.get(job["events_url"]).text)
     assert events[-1]["data"]["status"] == "canceled"

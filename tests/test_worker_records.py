@@ -1,4 +1,5 @@
-"""The worker's side of the job records and its heartbeat, on a real Redis."""
+"""The worker's side of the job records and its heartbeat, on a real Redis, and its Celery
+settings."""
 
 from __future__ import annotations
 
@@ -21,16 +22,10 @@ from contract.jobs import (
 )
 from contract.settings import Settings
 from ddnm.sampling import StepInfo
-from service.embedded import RedisServer
+from worker.celery_app import configure
 from worker.health import check
 from worker.heartbeat import HeartbeatThread, worker_id
 from worker.records import MAX_ATTEMPTS, JobCanceled, JobRun, JobTimedOut
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with RedisServer() as url:
-        yield url
 
 
 @pytest.fixture
@@ -175,9 +170,10 @@ def test_heartbeat_announces_state_and_expires(redis: Redis) -> None:
     state = Heartbeat.model_validate_json(redis.get(key) or b"")
     assert state.ready and state.job == "j"
     assert 0 < redis.pttl(key) <= 600  # three beats
-    first = state.at
-    time.sleep(0.5)
-    assert Heartbeat.model_validate_json(redis.get(key) or b"").at > first  # still beating
+    first, deadline = state.at, time.monotonic() + 10.0
+    while Heartbeat.model_validate_json(redis.get(key) or b"").at == first:  # still beating?
+        assert time.monotonic() < deadline, "no beat after the update"
+        time.sleep(0.05)
     beat.stop()
     assert redis.get(key) is None
 
@@ -194,3 +190,14 @@ def test_container_healthcheck(redis: Redis) -> None:
     ready = loading.model_copy(update={"worker": worker_id(2), "ready": True})
     redis.set(WORKER_KEY.format(worker_id(2)), ready.model_dump_json())
     assert check(redis) is None
+
+
+def test_celery_is_set_for_long_jobs() -> None:
+    settings = Settings(job_time_limit_s=100, visibility_timeout_s=150, redelivery_check_s=2)
+    conf = configure(settings).conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    transport = conf.broker_transport_options
+    assert transport["visibility_timeout"] == 150 and transport["unacked_restore_interval"] == 2
+    assert conf.task_serializer == "json" and conf.accept_content == ["json"]
+    assert conf.broker_url == settings.redis_url
