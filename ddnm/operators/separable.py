@@ -5,6 +5,8 @@ of the two 1-D SVDs M_a = U_a diag(s_a) V_aᵀ: in the spectral layout the coeff
 V_0ᵀ X V_1 and s[k, l] = s_0[k] · s_1[l] (zero-padded beyond the m_a rows of M_a, i.e. outside the
 top-left (h, w) corner). The 1-D factors depend on the image size, so they are computed on first use
 for each (operator, size) and cached in float64 on the CPU; calls move them to x's device/dtype.
+The cache keeps the latest `FACTOR_CACHE_SIZE` (operator, size, axis) entries: an entry holds five
+n × n-sized matrices (about 2 MB at n = 256), and a service meets a new blur kernel with every job.
 
 Truncation: 1-D singular values below `cutoff` · max(s_a) are set to zero and the operator *is*
 the truncated product U_a diag(s_a) V_aᵀ, so A and A⁺ satisfy the Penrose conditions exactly
@@ -27,6 +29,7 @@ from ddnm.operators.linalg import check_divides, check_image
 
 # 1-D singular values below this fraction of the largest count as numerical zeros (float64 SVD).
 RANK_RTOL = 1e-9
+FACTOR_CACHE_SIZE = 32
 
 
 class AxisFactors(NamedTuple):
@@ -98,7 +101,7 @@ class SeparableOperator(SVDOperator):
         return (C, h * self.factor, w * self.factor)
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=FACTOR_CACHE_SIZE)
 def axis_factors(op: SeparableOperator, n: int, axis: int) -> AxisFactors:
     """Truncated 1-D SVD factors of `op` along `axis` for size n (cached per operator value)."""
     U, s, V = op.axis_svd(n, axis)
