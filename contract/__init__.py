@@ -7,29 +7,3 @@
 
 This package never imports torch, so the API image stays slim.
 """
-
-from contract.spec import (
-    Blur,
-    CompressedSensing,
-    Degradation,
-    Denoise,
-    Downsample,
-    Grayscale,
-    Inpaint,
-    Shape,
-    TaskSpec,
-    Travel,
-)
-
-__all__ = [
-    "Blur",
-    "CompressedSensing",
-    "Degradation",
-    "Denoise",
-    "Downsample",
-    "Grayscale",
-    "Inpaint",
-    "Shape",
-    "TaskSpec",
-    "Travel",
-]

@@ -16,11 +16,11 @@ from contract.settings import DEFAULT_MODEL, Settings
 from contract.spec import TaskSpec
 from ddnm import imaging, metrics, operators
 from ddnm.models.registry import checkpoint_path, get_entry, sha256_file
-from ddnm.sampling import StepInfo
+from ddnm.sampling import SamplerOptions, StepInfo
 from service.embedded import FIXTURE_MODEL_ENV
 from tests.test_service_api import MASK, box_downsample, crop, png
 from worker.models import ServedModel, load_model
-from worker.pipeline import chain_operator, into_box, read_upload, restore
+from worker.pipeline import chain_operator, into_box, read_upload, restore, sampler_options
 from worker.records import JobCanceled
 
 torch.set_num_threads(1)
@@ -55,6 +55,12 @@ def test_each_op_becomes_its_library_operator() -> None:
     cs = chain_operator(spec({"op": "cs", "ratio": 0.25}, evaluate=True), shape, None)
     expected_cs = operators.CompressedSensing(0.25, seed=3, image_size=(32, 32))
     assert torch.equal(cs.perm, expected_cs.perm) and cs.m == 256
+
+
+def test_spec_settings_become_the_sampler_options() -> None:
+    s = spec({"op": "denoise"}, steps=7, eta=0.5, sigma_y=0.1, travel={"length": 2, "repeat": 3})
+    expected = SamplerOptions(steps=7, eta=0.5, sigma_y=0.1, travel_length=2, travel_repeat=3)
+    assert sampler_options(s) == expected
 
 
 def test_old_photo_chain_is_exact() -> None:

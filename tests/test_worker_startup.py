@@ -6,15 +6,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from redis import Redis
 
 from contract.jobs import MODELS_KEY, WORKER_KEY, Heartbeat
-from service.embedded import FIXTURE_MODEL_ENV, REPO, RedisServer
+from service.embedded import FIXTURE_MODEL_ENV, REPO, RedisServer, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def heartbeats(redis: Redis) -> list[Heartbeat]:
+    keys = list(redis.scan_iter(match=WORKER_KEY.format("*")))
+    return [Heartbeat.model_validate_json(v) for v in redis.mget(keys) if v] if keys else []
 
 
 def test_worker_without_its_model_stays_not_ready_and_says_why() -> None:
@@ -37,19 +41,12 @@ def test_worker_without_its_model_stays_not_ready_and_says_why() -> None:
         )
         redis = Redis.from_url(url)
         try:
-            deadline = time.monotonic() + 60
-            beats: list[Heartbeat] = []
-            while time.monotonic() < deadline and not any(
-                b.message.startswith("cannot") for b in beats
-            ):
-                keys = list(redis.scan_iter(match=WORKER_KEY.format("*")))
-                beats = (
-                    [Heartbeat.model_validate_json(v) for v in redis.mget(keys) if v]
-                    if keys
-                    else []
-                )
-                time.sleep(0.2)
-            (beat,) = beats
+            wait_for(
+                lambda: any(b.message.startswith("cannot") for b in heartbeats(redis)),
+                "a heartbeat saying why the model is not loaded",
+                60.0,
+            )
+            (beat,) = heartbeats(redis)
             assert not beat.ready and beat.model == "broken"
             assert "cannot load model 'broken'" in beat.message
             assert "/nonexistent/weights.pt" in beat.message

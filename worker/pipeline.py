@@ -136,6 +136,16 @@ def encode_png(x: Tensor) -> tuple[bytes, np.ndarray]:
     return png.getvalue(), image
 
 
+def sampler_options(spec: TaskSpec) -> SamplerOptions:
+    return SamplerOptions(
+        steps=spec.steps,
+        eta=spec.eta,
+        sigma_y=spec.sigma_y,
+        travel_length=spec.travel.length,
+        travel_repeat=spec.travel.repeat,
+    )
+
+
 def restore(
     model: ServedModel,
     spec: TaskSpec,
@@ -154,19 +164,12 @@ def restore(
     # drop the entries of y that A ignores (e.g. the unknown pixels of inpainting), so that
     # ||A x - y|| measures consistency with the data A can explain
     y = operator.A(operator.A_pinv(y))
-    options = SamplerOptions(
-        steps=spec.steps,
-        eta=spec.eta,
-        sigma_y=spec.sigma_y,
-        travel_length=spec.travel.length,
-        travel_repeat=spec.travel.repeat,
-    )
     x = sample(
         model.denoiser(spec),
         model.schedule,
         operator,
         y,
-        options,
+        sampler_options(spec),
         generator=generator,
         callback=callback,
     )
