@@ -175,6 +175,7 @@ class Stack:
         self.host, self.port = host, port
         self.redis_appendonly = redis_appendonly
         self.n_workers = workers
+        self.workers_started = 0  # names worker1, worker2, ..
         self.env = dict(env or {})
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -209,12 +210,19 @@ class Stack:
             cwd=REPO,
         )
 
+    def add_worker(self) -> str:
+        """Start one more worker process (`python -m worker`); its name."""
+        self.workers_started += 1
+        name = f"worker{self.workers_started}"
+        self.spawn(name, [sys.executable, "-m", "worker"], self.child_env())
+        return name
+
     def start(self, ready_timeout_s: float = 120.0) -> None:
         """Start everything and wait until /readyz answers 200 (a worker has its model)."""
         self.redis = RedisServer(self.redis_appendonly)
         self.env["DDNM_REDIS_URL"] = self.redis.start()
-        for i in range(1, self.n_workers + 1):
-            self.spawn(f"worker{i}", [sys.executable, "-m", "worker"], self.child_env())
+        for _ in range(self.n_workers):
+            self.add_worker()
         self.spawn(
             "api",
             [

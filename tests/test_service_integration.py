@@ -1,7 +1,7 @@
 """The service end to end with real parts: a private redis-server, two Celery worker processes
 (`python -m worker`) and uvicorn on a loopback port, driven over HTTP with httpx. The model is the
 small reference network (32x32); jobs use few steps. Redis keeps an append-only file, as in
-production, so that it can be restarted mid-job. The last test kills a worker."""
+production, so that it can be restarted mid-job. The last tests kill and stop workers."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from redis import Redis
 from contract.jobs import JOBS_COUNTER_KEY, job_key, queue_name
 from contract.spec import TaskSpec
 from ddnm import imaging
-from service.embedded import FIXTURE_MODEL_ENV, Stack, free_port
+from service.embedded import FIXTURE_MODEL_ENV, Stack, free_port, stop_processes, wait_for
 from tests.test_service_api import (
     BAD_INPUTS,
     LIMITS_ENV,
@@ -303,3 +303,24 @@ def test_killing_a_worker_mid_job_does_not_lose_the_job(client: Client, stack: S
     assert final["progress"]["step"] == 60
     # the survivor carries on
     assert [w["worker"] for w in client.get("/readyz").json()["workers"]] == [final["worker"]]
+
+
+def test_stopping_a_worker_mid_job_hands_the_job_on_at_once(client: Client, stack: Stack) -> None:
+    stack.add_worker()  # the last test killed one
+    wait_for(lambda: len(client.get("/readyz").json()["workers"]) == 2, "a second worker", 120.0)
+    job = submit(client, {"degradations": [{"op": "grayscale"}], "steps": 60}, png(crop()[..., 0]))
+    running = wait_running(client, job["id"], min_step=3)
+    pid = int(running["worker"].rsplit("-", 1)[1])
+    (name,) = [n for n in stack.workers if stack.processes[n].pid == pid]
+    process = stack.processes.pop(name)
+    stopped_at = time.time()
+    stop_processes([process])  # SIGTERM (docker stop): a warm shutdown
+    assert process.returncode == 0  # it stopped by itself, at the job's next step
+    final = wait(client, job["id"])
+    assert final["status"] == "succeeded", final["error"]
+    assert final["attempts"] == 2 and final["worker"] != running["worker"]
+    # taken up again at once, not after the visibility timeout (25 s here)
+    assert _epoch(final["started_at"]) - stopped_at < 10.0
+    events = parse_events(client.get(job["events_url"]).text)
+    statuses = [e["data"]["status"] for e in events if e["event"] == "status"]
+    assert statuses == ["queued", "running", "queued", "running", "succeeded"]

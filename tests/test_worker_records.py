@@ -4,6 +4,7 @@ settings."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 
@@ -25,7 +26,7 @@ from ddnm.sampling import StepInfo
 from worker.celery_app import configure
 from worker.health import check
 from worker.heartbeat import HeartbeatThread, worker_id
-from worker.records import MAX_ATTEMPTS, JobCanceled, JobRun, JobTimedOut
+from worker.records import MAX_ATTEMPTS, JobCanceled, JobRun, JobTimedOut, WorkerStopping
 
 
 @pytest.fixture
@@ -106,6 +107,23 @@ def test_cancel_request_stops_at_the_next_step(redis: Redis) -> None:
         run.on_step(info(2))
     run.cancel()
     assert record(redis).status == Status.CANCELED
+
+
+def test_a_stopping_worker_puts_its_job_back_in_the_queue(redis: Redis) -> None:
+    queued(redis)
+    stopping = threading.Event()
+    run = JobRun(redis, Settings(), "j", "w1", stopping)
+    run.start("ab")
+    run.on_step(info(1))
+    stopping.set()  # SIGTERM
+    with pytest.raises(WorkerStopping, match="step 2 of 10"):
+        run.on_step(info(2))
+    run.requeue()
+    assert (record(redis).status, record(redis).step) == (Status.QUEUED, 0)
+    assert JobRun(redis, Settings(), "j", "w2").start("ab") is not None
+    assert (record(redis).status, record(redis).attempts) == (Status.RUNNING, 2)
+    statuses = [data["status"] for kind, data in events(redis) if kind == "status"]
+    assert statuses == ["running", "queued", "running"]
 
 
 def test_time_limit(redis: Redis) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter
 
@@ -34,6 +35,11 @@ class JobTimedOut(Exception):
     """The job ran past DDNM_JOB_TIME_LIMIT_S."""
 
 
+class WorkerStopping(Exception):
+    """The worker is shutting down (SIGTERM); raised from the sampler's callback so that the job
+    goes back to the queue at once, for another worker."""
+
+
 def _observe(pipe: Pipeline, histogram: Histogram, values: list[float]) -> None:
     counts = Counter(field for v in values for field in histogram.fields(v))
     for field, n in counts.items():
@@ -43,10 +49,19 @@ def _observe(pipe: Pipeline, histogram: Histogram, values: list[float]) -> None:
 
 
 class JobRun:
-    """One attempt by this worker at job `job_id`."""
+    """One attempt by this worker at job `job_id`; it stops at the next step once `stopping`
+    is set."""
 
-    def __init__(self, redis: Redis, settings: Settings, job_id: str, worker_id: str) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        job_id: str,
+        worker_id: str,
+        stopping: threading.Event | None = None,
+    ) -> None:
         self.redis = redis
+        self.stopping = stopping
         self.settings = settings
         self.job_id = job_id
         self.worker_id = worker_id
@@ -98,6 +113,8 @@ class JobRun:
         self.last_step = now
         if self.redis.hexists(job_key(self.job_id), "cancel_requested_at"):
             raise JobCanceled(f"canceled at step {info.step} of {info.total}")
+        if self.stopping is not None and self.stopping.is_set():
+            raise WorkerStopping(f"worker stopping at step {info.step} of {info.total}")
         if now - self.started > self.settings.job_time_limit_s:
             raise JobTimedOut(f"ran past the time limit of {self.settings.job_time_limit_s} s")
         if info.step == info.total or now - self.last_write >= self.settings.progress_interval_s:
@@ -130,6 +147,13 @@ class JobRun:
 
     def cancel(self) -> None:
         self._end(Status.CANCELED, None)
+
+    def requeue(self) -> None:
+        """Back to queued, for another worker (the job's message goes back to the queue)."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            _observe(pipe, STEP_SECONDS, self.step_seconds)
+            transition(pipe, self.job_id, Status.QUEUED, (Status.RUNNING,), step=0, eta_s=0)
+            pipe.execute()
 
     def _end(self, status: Status, png: bytes | None, **fields: str | float) -> None:
         ttl = self.settings.job_ttl_s

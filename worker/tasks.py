@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
+from celery.exceptions import Reject
+from celery.signals import worker_shutting_down
 from redis import Redis
 
 from contract.jobs import TASK_NAME, job_key
@@ -14,7 +17,7 @@ from worker import pipeline
 from worker.celery_app import app
 from worker.heartbeat import HeartbeatThread
 from worker.models import ServedModel
-from worker.records import JobCanceled, JobRun, JobTimedOut
+from worker.records import JobCanceled, JobRun, JobTimedOut, WorkerStopping
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +31,18 @@ class Runtime:
     model: ServedModel
     worker_id: str
     heartbeat: HeartbeatThread
+    stopping: threading.Event = field(default_factory=threading.Event)  # set on warm shutdown
 
 
 RUNTIME: Runtime | None = None
+
+
+@worker_shutting_down.connect
+def _stop_the_running_job(**_: object) -> None:
+    """SIGTERM (docker stop, scaling down): the job under way stops at its next step and goes
+    back to the queue, instead of waiting for the visibility timeout after the worker is gone."""
+    if RUNTIME is not None:
+        RUNTIME.stopping.set()
 
 
 @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
@@ -38,7 +50,7 @@ def restore(job_id: str) -> None:
     """Run job `job_id` and record its outcome; a job that is gone or canceled is skipped."""
     rt = RUNTIME
     assert rt is not None, "the worker process loads its model before consuming"
-    run = JobRun(rt.redis, rt.settings, job_id, rt.worker_id)
+    run = JobRun(rt.redis, rt.settings, job_id, rt.worker_id, rt.stopping)
     record = run.start(rt.model.info.checkpoint_sha256)
     if record is None:
         log.info("job %s skipped: canceled, done or expired", job_id)
@@ -57,6 +69,9 @@ def restore(job_id: str) -> None:
         run.cancel()
     except JobTimedOut as err:
         run.fail(str(err))
+    except WorkerStopping as err:
+        run.requeue()
+        raise Reject(str(err), requeue=True) from err
     except Exception as err:  # a job's failure is recorded, not raised: the worker goes on
         log.exception("job %s failed", job_id)
         run.fail(f"{type(err).__name__}: {err}")
