@@ -254,8 +254,11 @@ class Stack:
             return False
 
     def check_alive(self) -> None:
-        """Raise RuntimeError if a child has exited."""
-        for name, process in self.processes.items():
+        """Raise RuntimeError if a child, redis-server included, has exited."""
+        children = dict(self.processes)
+        if self.redis is not None and self.redis.process is not None:
+            children["redis-server"] = self.redis.process
+        for name, process in children.items():
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with status {process.returncode}")
 
@@ -268,7 +271,7 @@ class Stack:
     def stop(self) -> None:
         """API first (no new jobs), then the workers, then Redis."""
         for group in (["api"], self.workers):
-            stop_processes([self.processes.pop(name) for name in group])
+            stop_processes([self.processes.pop(name) for name in group if name in self.processes])
         if self.redis is not None:
             self.redis.stop()
             self.redis = None

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.embedded import FIXTURE_MODEL_ENV, REPO, free_port, port_open
+from service.embedded import FIXTURE_MODEL_ENV, REPO, RedisServer, Stack, free_port, port_open
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -70,3 +70,18 @@ def test_ddnm_serve_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> Non
     assert not [pid for pid in spawned if alive(pid)]
     assert not port_open(port)
     assert "stopped" in (tmp_path / "serve.log").read_text()
+
+
+def test_the_stack_notices_when_redis_dies() -> None:
+    stack = Stack()
+    stack.redis = RedisServer()
+    stack.redis.start()
+    try:
+        stack.check_alive()
+        assert stack.redis.process is not None
+        stack.redis.process.kill()
+        stack.redis.process.wait()
+        with pytest.raises(RuntimeError, match="redis-server exited"):
+            stack.check_alive()  # what `ddnm serve` calls twice a second
+    finally:
+        stack.stop()
