@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from celery import Celery
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.jobs import CELERY_WIRE, TASK_NAME
 from contract.settings import Settings
@@ -45,20 +45,33 @@ def celery_enqueue(settings: Settings) -> Enqueue:
 
 
 class BodyLimit:
-    """Refuse requests whose declared body exceeds `limit` bytes before reading them (413)."""
+    """Refuse request bodies over `limit` bytes (413): at once when Content-Length says so, else
+    as soon as that many bytes have come (a chunked upload), before they fill the disk."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.limit:
-                detail = f"request body over the limit of {self.limit} bytes"
-                await JSONResponse({"detail": detail}, 413)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = HTTPException(413, f"request body over the limit of {self.limit} bytes")
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            await JSONResponse({"detail": too_large.detail}, 413)(scope, receive, send)
+            return
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise too_large  # FastAPI answers it while it reads the form
+            return message
+
+        await self.app(scope, receive_within_limit, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

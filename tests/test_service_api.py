@@ -373,10 +373,24 @@ def test_metrics_count_jobs_and_queue_depth(client: TestClient) -> None:
     assert metric(text, 'ddnm_step_seconds_bucket{le="+Inf"}') == 0
 
 
-def test_oversized_request_body_is_refused_before_reading(client: TestClient) -> None:
-    body = b"x" * (2 * MAX_UPLOAD_BYTES + 2**20 + 1)
+def test_oversized_request_body_is_refused_before_reading(client: TestClient, redis: Redis) -> None:
+    limit = 2 * MAX_UPLOAD_BYTES + 2**20  # two files and the spec
+    body = b"x" * (limit + 1)
     response = client.post("/restore", content=body, headers={"content-type": "text/plain"})
     assert response.status_code == 413
+    assert response.json()["detail"] == f"request body over the limit of {limit} bytes"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the bytes are counted as they come
+        yield b"--b\r\nContent-Disposition: form-data; name=image; filename=y.png\r\n\r\n"
+        for _ in range(limit // 2**16 + 2):
+            yield b"x" * 2**16
+
+    streamed = client.post(
+        "/restore", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"}
+    )
+    assert streamed.status_code == 413
+    assert streamed.json()["detail"] == f"request body over the limit of {limit} bytes"
+    assert job_keys(redis) == []
 
 
 def test_job_record_expires_after_the_job_ends(client: TestClient, redis: Redis) -> None:
