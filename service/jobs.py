@@ -34,6 +34,11 @@ from contract.settings import Settings
 from contract.spec import TaskSpec
 
 Enqueue = Callable[[str, str], None]  # (job id, queue name): sends the task
+# HSET KEYS[1] ARGV[1] ARGV[2] only while the job's status is running
+_FLAG_IF_RUNNING = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+"""
 ADMISSION_LEASE_S = 60  # an Idempotency-Key claimed by a request whose job is not stored yet
 
 
@@ -161,7 +166,8 @@ class JobStore:
             finished_at=now,
         )
         if not applied and as_text(current) == Status.RUNNING:
-            await self.redis.hset(job_key(job_id), "cancel_requested_at", str(now))
+            # atomically: not on a job that has ended meanwhile
+            await self.redis.eval(_FLAG_IF_RUNNING, 1, job_key(job_id), "cancel_requested_at", now)
 
     async def result(self, job_id: str) -> bytes | None:
         png: Any = await self.redis.get(job_key(job_id, "result"))
