@@ -307,7 +307,11 @@ def test_killing_a_worker_mid_job_does_not_lose_the_job(client: Client, stack: S
 
 def test_stopping_a_worker_mid_job_hands_the_job_on_at_once(client: Client, stack: Stack) -> None:
     stack.add_worker()  # the last test killed one
-    wait_for(lambda: len(client.get("/readyz").json()["workers"]) == 2, "a second worker", 120.0)
+
+    def two_ready() -> bool:
+        return sum(w["ready"] for w in client.get("/readyz").json()["workers"]) == 2
+
+    wait_for(two_ready, "a second worker with its model", 120.0)
     job = submit(client, {"degradations": [{"op": "grayscale"}], "steps": 60}, png(crop()[..., 0]))
     running = wait_running(client, job["id"], min_step=3)
     pid = int(running["worker"].rsplit("-", 1)[1])
