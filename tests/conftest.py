@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis import Redis
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "fixtures" / "reference"
@@ -27,3 +28,12 @@ def redis_url() -> Iterator[str]:
 
     with RedisServer() as url:
         yield url
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Redis]:
+    """A client of that server, emptied first."""
+    client = Redis.from_url(redis_url)
+    client.flushall()
+    yield client
+    client.close()

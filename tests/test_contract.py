@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -204,14 +203,6 @@ def test_settings_refuse_a_visibility_timeout_shorter_than_jobs(
     monkeypatch.setenv("DDNM_MODEL_FILE", "weights.pt")
     with pytest.raises(ValidationError, match="DDNM_MODEL_CONFIG_FILE"):
         Settings()
-
-
-@pytest.fixture
-def redis(redis_url: str) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    client.flushall()
-    yield client
-    client.close()
 
 
 def test_transition_is_conditional_and_records_an_event(redis: Redis) -> None:

@@ -177,12 +177,10 @@ def job_keys(redis: Redis) -> list[bytes]:
 
 
 @pytest.fixture
-def redis(redis_url: str) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    client.flushall()
-    client.hset(MODELS_KEY, MODEL.name, MODEL.model_dump_json())
-    yield client
-    client.close()
+def redis(redis: Redis) -> Redis:
+    """The empty Redis of conftest, with one model announced."""
+    redis.hset(MODELS_KEY, MODEL.name, MODEL.model_dump_json())
+    return redis
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -27,14 +26,6 @@ from worker.celery_app import configure
 from worker.health import check
 from worker.heartbeat import HeartbeatThread, worker_id
 from worker.records import MAX_ATTEMPTS, JobCanceled, JobRun, JobTimedOut, WorkerStopping
-
-
-@pytest.fixture
-def redis(redis_url: str) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    client.flushall()
-    yield client
-    client.close()
 
 
 def queued(redis: Redis, job_id: str = "j") -> None:
