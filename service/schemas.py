@@ -51,7 +51,9 @@ class Job(BaseModel):
     spec: TaskSpec = Field(description="the spec as run: defaults, model and seed filled in")
     model: ModelUsed
     seed: int
-    attempts: int = Field(description="times a worker started it (> 1 after a worker was lost)")
+    attempts: int = Field(
+        description="times a worker started it (> 1 after a worker was lost or stopped)"
+    )
     worker: str | None
     cancel_requested: bool
     error: str | None
