@@ -165,11 +165,12 @@ def run(args: argparse.Namespace) -> int:
     mask = load_mask(args.mask) if args.mask else None
     operator = compose(*(build_operator(d, mask) for d in spec.degradations))
     image = load_image(args.input)
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator(args.device).manual_seed(args.seed)
     if args.simulate:
-        y = measure(operator, to_tensor(image), spec.sigma_y, generator)
+        y = measure(operator, to_tensor(image).to(args.device), spec.sigma_y, generator)
     else:
         y = read_observation(image, any(d.op == "grayscale" for d in spec.degradations))
+        y = y.to(args.device)
     _, h, w = operator.x_shape(y)
     if h % 8 or w % 8:
         raise ValueError(f"the restored image must have sides divisible by 8, got {h}x{w}")
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
             denoiser,
             linear_schedule(),
             operator,
-            y.to(args.device),
+            y,
             options,
             generator=generator,
             callback=progress,
@@ -197,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     save_image(x0, args.output)
     print(
         f"wrote {args.output} ({w}x{h}); consistency ||A x0 - y|| / ||y|| = "
-        f"{consistency(operator, x0, y):.2e}"
+        f"{consistency(operator, x0, y.cpu()):.2e}"
     )
     truth = image if args.simulate else (load_image(args.evaluate) if args.evaluate else None)
     if truth is not None:
