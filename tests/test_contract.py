@@ -17,7 +17,7 @@ from contract.jobs import JOBS_COUNTER_KEY, JobRecord, Status, job_key, transiti
 from contract.settings import Settings
 from contract.spec import TaskSpec
 from ddnm.schedules import check_travel
-from worker.pipeline import chain_operator
+from ddnm.tasks import chain_operator
 
 OLD_PHOTO = {
     "degradations": [

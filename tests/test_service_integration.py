@@ -20,6 +20,7 @@ from redis import Redis
 from contract.jobs import JOBS_COUNTER_KEY, job_key, queue_name
 from contract.spec import TaskSpec
 from ddnm import imaging
+from ddnm.tasks import chain_operator
 from service.embedded import FIXTURE_MODEL_ENV, Stack, free_port, stop_processes, wait_for
 from tests.test_service_api import (
     BAD_INPUTS,
@@ -32,7 +33,6 @@ from tests.test_service_api import (
     png,
     request,
 )
-from worker.pipeline import chain_operator
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

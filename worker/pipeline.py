@@ -21,20 +21,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from contract.spec import (
-    Blur,
-    CompressedSensing,
-    Degradation,
-    Denoise,
-    Downsample,
-    Grayscale,
-    Inpaint,
-    Shape,
-    TaskSpec,
-)
+from contract.spec import Shape, TaskSpec
 from ddnm import imaging, metrics, operators
-from ddnm.operators.base import LinearOperator, SVDOperator
-from ddnm.sampling import SamplerOptions, StepInfo, sample
+from ddnm.operators.base import SVDOperator
+from ddnm.sampling import StepInfo, sample
+from ddnm.tasks import chain_operator, sampler_options
 from worker.models import ServedModel
 
 PROJECTION_ROUNDS = 200
@@ -52,46 +43,6 @@ class Restoration:
         """The job record fields it fills (contract.jobs.JobRecord)."""
         figures = {"consistency": self.consistency, "psnr": self.psnr, "ssim": self.ssim}
         return {k: v for k, v in figures.items() if v is not None}
-
-
-def blur_kernel(d: Blur) -> Tensor:
-    if d.kernel == "uniform":
-        return operators.uniform_kernel(d.size or 9)
-    if d.kernel == "anisotropic":
-        return operators.anisotropic_gaussian_kernel(d.sigma_rows, d.sigma_cols, d.size)
-    return operators.gaussian_kernel(d.sigma, d.size)
-
-
-def degradation_operator(
-    d: Degradation, shape: Shape, mask: Tensor | None, seed: int
-) -> LinearOperator:
-    """The library operator of one op of the chain, acting on images of `shape`."""
-    if isinstance(d, Downsample):
-        return operators.SuperResolution(d.factor, filter=d.filter)
-    if isinstance(d, Blur):
-        return operators.Deblur(blur_kernel(d))
-    if isinstance(d, Grayscale):
-        return operators.Colorization()
-    if isinstance(d, Inpaint):
-        if mask is None:
-            raise ValueError("inpaint needs a mask")
-        return operators.Inpainting(mask)
-    if isinstance(d, CompressedSensing):
-        return operators.CompressedSensing(
-            d.ratio, kind=d.kind, block_size=d.block_size, seed=seed, image_size=shape[1:]
-        )
-    assert isinstance(d, Denoise)
-    return operators.Identity()
-
-
-def chain_operator(spec: TaskSpec, x_shape: Shape, mask: Tensor | None) -> LinearOperator:
-    """A of the whole chain for x of `x_shape`, applied in the order of `spec.degradations`."""
-    assert spec.seed is not None
-    parts, shape = [], x_shape
-    for d in spec.degradations:
-        parts.append(degradation_operator(d, shape, mask, spec.seed))
-        shape = d.apply(shape)
-    return parts[0] if len(parts) == 1 else operators.compose(*parts)
 
 
 def read_upload(data: bytes, channels: int) -> Tensor:
@@ -134,16 +85,6 @@ def encode_png(x: Tensor) -> tuple[bytes, np.ndarray]:
     png = io.BytesIO()
     Image.fromarray(image).save(png, format="PNG")
     return png.getvalue(), image
-
-
-def sampler_options(spec: TaskSpec) -> SamplerOptions:
-    return SamplerOptions(
-        steps=spec.steps,
-        eta=spec.eta,
-        sigma_y=spec.sigma_y,
-        travel_length=spec.travel.length,
-        travel_repeat=spec.travel.repeat,
-    )
 
 
 def restore(

@@ -85,26 +85,6 @@ def parse_op(text: str) -> dict[str, Any]:
     return {"op": name}
 
 
-def build_operator(degradation: Any, mask: np.ndarray | None) -> LinearOperator:
-    """The library operator of one validated degradation of the task spec."""
-    from ddnm import operators as ops
-    from ddnm.imaging import mask_to_tensor
-
-    if degradation.op == "downsample":
-        return ops.SuperResolution(degradation.factor, degradation.filter)
-    if degradation.op == "blur":
-        return ops.Deblur(ops.gaussian_kernel(degradation.sigma, degradation.size))
-    if degradation.op == "grayscale":
-        return ops.Colorization()
-    if degradation.op == "inpaint":
-        if mask is None:
-            raise ValueError("--op inpaint needs --mask M.png (white = known pixel)")
-        return ops.Inpainting(mask_to_tensor(mask))
-    if degradation.op == "denoise":
-        return ops.Identity()
-    raise ValueError(f"--op must be one of {', '.join(SUPPORTED_OPS)}, got {degradation.op!r}")
-
-
 def read_observation(image: np.ndarray, grey: bool) -> Tensor:
     """y in image layout from an image file's pixels: the channel mean when the chain ends grey."""
     from ddnm.imaging import to_tensor
@@ -143,14 +123,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from contract.spec import TaskSpec
-    from ddnm.imaging import load_image, load_mask, save_image, to_tensor, to_uint8
+    from contract.spec import Downsample, TaskSpec
+    from ddnm.imaging import load_image, load_mask, mask_to_tensor, save_image, to_tensor, to_uint8
     from ddnm.metrics import psnr, ssim
     from ddnm.models.adapters import as_denoiser
     from ddnm.models.commands import model_dir
-    from ddnm.operators import compose, measure
-    from ddnm.sampling import SamplerOptions, StepInfo, sample
+    from ddnm.operators import measure
+    from ddnm.sampling import StepInfo, sample
     from ddnm.schedules import linear_schedule
+    from ddnm.tasks import chain_operator, sampler_options
 
     spec = TaskSpec.model_validate(
         {
@@ -162,9 +143,15 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model,
         }
     )
-    mask = load_mask(args.mask) if args.mask else None
-    operator = compose(*(build_operator(d, mask) for d in spec.degradations))
+    if spec.has_mask and args.mask is None:
+        raise ValueError("--op inpaint needs --mask M.png (white = known pixel)")
+    mask = mask_to_tensor(load_mask(args.mask)) if args.mask else None
     image = load_image(args.input)
+    # the restored image is the input (--simulate) or the input scaled up by the downsamplings
+    factors = [d.factor for d in spec.degradations if isinstance(d, Downsample)]
+    scale = 1 if args.simulate else math.prod(factors)
+    height, width = image.shape[0] * scale, image.shape[1] * scale
+    operator = chain_operator(spec, (3, height, width), mask)
     generator = torch.Generator(args.device).manual_seed(args.seed)
     if args.simulate:
         y = measure(operator, to_tensor(image).to(args.device), spec.sigma_y, generator)
@@ -177,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
 
     network = load_model(spec.model or DEFAULT_MODEL, model_dir(args))
     denoiser = as_denoiser(network, device=args.device)
-    options = SamplerOptions(steps=spec.steps, eta=spec.eta, sigma_y=spec.sigma_y)
+    options = sampler_options(spec)
     bar = tqdm(desc="restore", unit="step")
 
     def progress(info: StepInfo) -> None:
