@@ -1,13 +1,17 @@
 """Assemble the training images of the default model `ddnm-small-32` from packaged images.
 
-Every image is taken from an installed package (no download: `skimage.data`, scikit-learn's two
-sample photographs and matplotlib's sample portrait; `pip install -e ".[train]"`) and written as PNG at several
-scales (box-filtered to a long side of 80 to 400 pixels), so that 32 x 32 crops see both texture
-and whole objects. Colour images get more scales than grey ones (written as RGB), so that most
-crops carry colour: the model also serves colorization. The held-out images (astronaut,
-coffee, chelsea) are never written: they are the evaluation set of bench/quality.py.
+Every image comes from an installed package, nothing is downloaded: `skimage.data`,
+scikit-learn's two sample photographs and matplotlib's sample portrait (`pip install -e
+".[train]"`). Each is written as PNG at several scales (box-filtered to a long side of 80 to 400
+pixels), so that 32 x 32 crops see both texture and whole objects. Colour images get more scales
+than grey ones (written as RGB), so that most crops carry colour: the model also serves
+colorization. The held-out images (astronaut, coffee, chelsea) are never written: they are the
+evaluation set of bench/quality.py.
 
-    python data/assemble.py OUT_DIR
+    python data/assemble.py OUT_DIR [--skimage-only]
+
+The default model was trained in two phases: first on the `skimage.data` images alone
+(--skimage-only), then continued with the photographs added (data/train_default.sh).
 """
 
 from __future__ import annotations
@@ -65,9 +69,9 @@ def rgb(name: str) -> np.ndarray:
     return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
 
 
-def main(out: Path) -> None:
+def main(out: Path, with_photos: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    for name in [*TRAINING_IMAGES, *PACKAGED_PHOTOS]:
+    for name in [*TRAINING_IMAGES, *(PACKAGED_PHOTOS if with_photos else ())]:
         array = rgb(name)
         image = Image.fromarray(array)
         grey = bool((array == array[..., :1]).all())
@@ -81,4 +85,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), with_photos="--skimage-only" not in sys.argv[2:])
