@@ -4,8 +4,7 @@
 its data in a temporary folder (`RedisServer`), `workers` worker processes (`python -m worker`)
 and uvicorn, each in its own process group; `stop()` ends them in the reverse order (API, workers,
 Redis) and removes the folder, so jobs do not outlive the stack. The children read their settings
-from the environment (see the README, "Configuration"); the stack sets DDNM_REDIS_URL, and the
-model settings when none are given.
+from the environment (see the README, "Configuration"); the stack sets DDNM_REDIS_URL.
 """
 
 from __future__ import annotations
@@ -26,24 +25,8 @@ from typing import IO
 
 import httpx
 
-from contract.settings import DEFAULT_MODEL
-
 REPO = Path(__file__).resolve().parents[1]
-# while the project's default model has no weights installed: the small reference network (32x32)
-FIXTURE_MODELS = REPO.parent / "shared" / "fixtures" / "reference" / "models"
-FIXTURE_MODEL_ENV = {
-    "DDNM_MODEL": "guided-small-fixture",
-    "DDNM_MODEL_FILE": str(FIXTURE_MODELS / "guided_small_state_dict.pt"),
-    "DDNM_MODEL_CONFIG_FILE": str(FIXTURE_MODELS / "guided_small_config.json"),
-}
 STOP_GRACE_S = 10.0
-
-
-def default_model_env() -> dict[str, str]:
-    """No model settings when the default model's weights are installed, else the fixture's."""
-    from ddnm.models.registry import checkpoint_path  # reads the registry; no torch
-
-    return {} if checkpoint_path(DEFAULT_MODEL, None).is_file() else FIXTURE_MODEL_ENV
 
 
 def redis_server_binary() -> str:
@@ -191,10 +174,7 @@ class Stack:
         return [name for name in self.processes if name.startswith("worker")]
 
     def child_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        if "DDNM_MODEL" not in env and "DDNM_MODEL" not in self.env:
-            env |= default_model_env()
-        return env | self.env
+        return dict(os.environ) | self.env
 
     def spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:
         out: IO[bytes] | None = None

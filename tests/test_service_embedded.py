@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.embedded import FIXTURE_MODEL_ENV, REPO, RedisServer, Stack, free_port, port_open
+from contract.settings import DEFAULT_MODEL
+from service.embedded import REPO, RedisServer, Stack, free_port, port_open
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -41,7 +42,8 @@ def alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
 def test_ddnm_serve_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, **FIXTURE_MODEL_ENV, "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DDNM_")}
+    env["OMP_NUM_THREADS"] = "1"
     log = (tmp_path / "serve.log").open("wb")
     serve = subprocess.Popen(
         [sys.executable, "-m", "ddnm.cli", "serve", "--port", str(port)],
@@ -58,7 +60,7 @@ def test_ddnm_serve_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> Non
                 pass
             time.sleep(0.2)
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
-        assert ready["ready"] and ready["workers"][0]["model"] == FIXTURE_MODEL_ENV["DDNM_MODEL"]
+        assert ready["ready"] and ready["workers"][0]["model"] == DEFAULT_MODEL
         spawned = children(serve.pid)
         assert len(spawned) == 3  # redis-server, worker, uvicorn
         serve.send_signal(signal.SIGINT)
