@@ -1,17 +1,12 @@
-"""Assemble the training images of the default model `ddnm-small-32` from packaged images.
+"""Assemble the training images of the default model `ddnm-small-32` from `skimage.data`.
 
-Every image comes from an installed package, nothing is downloaded: `skimage.data`,
-scikit-learn's two sample photographs and matplotlib's sample portrait (`pip install -e
-".[train]"`). Each is written as PNG at several scales (box-filtered to a long side of 80 to 400
-pixels), so that 32 x 32 crops see both texture and whole objects. Colour images get more scales
-than grey ones (written as RGB), so that most crops carry colour: the model also serves
-colorization. The held-out images (astronaut, coffee, chelsea) are never written: they are the
-evaluation set of bench/quality.py.
+Every image is taken from the scikit-image package (no download) and written as PNG at several
+scales (box-filtered to a long side of 80 to 400 pixels), so that 32 x 32 crops see both texture
+and whole objects. Colour images get more scales than grey ones (written as RGB), so that most
+crops carry colour: the model also serves colorization. The held-out images (astronaut,
+coffee, chelsea) are never written: they are the evaluation set of bench/quality.py.
 
-    python data/assemble.py OUT_DIR [--skimage-only]
-
-The default model was trained in two phases: first on the `skimage.data` images alone
-(--skimage-only), then continued with the photographs added (data/train_default.sh).
+    python data/assemble.py OUT_DIR
 """
 
 from __future__ import annotations
@@ -38,40 +33,20 @@ TRAINING_IMAGES = {
     "text": "public domain (Wikipedia)",
     "cell": "CC0",
 }
-# natural colour photographs shipped by other packages: name -> (loader, licence)
-PACKAGED_PHOTOS = {
-    "china": "CC BY 2.0 (danielbuechele on Flickr; scikit-learn sample image)",
-    "flower": "CC BY 2.0 (vultilion on Flickr; scikit-learn sample image)",
-    "grace_hopper": "public domain (U.S. Navy photograph; matplotlib sample data)",
-}
 HELD_OUT = ("astronaut", "coffee", "chelsea")
 COLOUR_LONG_SIDES = (400, 320, 240, 160, 120, 80)
 GREY_LONG_SIDES = (320, 160)
 
 
-def packaged_photo(name: str) -> np.ndarray:
-    """A photograph of PACKAGED_PHOTOS as (H, W, 3) uint8."""
-    if name == "grace_hopper":
-        from matplotlib.cbook import get_sample_data
-
-        with Image.open(get_sample_data("grace_hopper.jpg")) as image:
-            return np.asarray(image.convert("RGB"))
-    from sklearn.datasets import load_sample_image
-
-    return np.asarray(load_sample_image(f"{name}.jpg"))
-
-
 def rgb(name: str) -> np.ndarray:
-    """The training image `name` as (H, W, 3) uint8."""
-    if name in PACKAGED_PHOTOS:
-        return packaged_photo(name)
+    """The skimage.data image `name` as (H, W, 3) uint8."""
     image = getattr(skimage.data, name)()
     return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
 
 
-def main(out: Path, with_photos: bool) -> None:
+def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    for name in [*TRAINING_IMAGES, *(PACKAGED_PHOTOS if with_photos else ())]:
+    for name in TRAINING_IMAGES:
         array = rgb(name)
         image = Image.fromarray(array)
         grey = bool((array == array[..., :1]).all())
@@ -85,4 +60,4 @@ def main(out: Path, with_photos: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), with_photos="--skimage-only" not in sys.argv[2:])
+    main(Path(sys.argv[1]))
