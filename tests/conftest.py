@@ -10,6 +10,13 @@ from redis import Redis
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "fixtures" / "reference"
+# worker settings that serve the small reference network (32x32, random weights) instead of the
+# default model: fast and independent of the shipped weights, for the service tests
+FIXTURE_MODEL_ENV = {
+    "DDNM_MODEL": "guided-small-fixture",
+    "DDNM_MODEL_FILE": str(REFERENCE / "models" / "guided_small_state_dict.pt"),
+    "DDNM_MODEL_CONFIG_FILE": str(REFERENCE / "models" / "guided_small_config.json"),
+}
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,8 @@ import pytest
 from redis import Redis
 
 from contract.jobs import MODELS_KEY, WORKER_KEY, Heartbeat
-from service.embedded import FIXTURE_MODEL_ENV, REPO, RedisServer, wait_for
+from service.embedded import REPO, RedisServer, wait_for
+from tests.conftest import FIXTURE_MODEL_ENV
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
