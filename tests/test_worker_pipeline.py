@@ -17,11 +17,11 @@ from contract.spec import TaskSpec
 from ddnm import imaging, metrics, operators
 from ddnm.models.registry import checkpoint_path, get_entry, sha256_file
 from ddnm.sampling import SamplerOptions, StepInfo
-from ddnm.tasks import chain_operator, sampler_options
+from ddnm.tasks import chain_operator, into_box, sampler_options
 from tests.conftest import FIXTURE_MODEL_ENV
 from tests.test_service_api import MASK, box_downsample, crop, png
 from worker.models import ServedModel, load_model
-from worker.pipeline import into_box, read_upload, restore
+from worker.pipeline import read_upload, restore
 from worker.records import JobCanceled
 
 torch.set_num_threads(1)

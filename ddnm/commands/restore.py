@@ -11,8 +11,9 @@ command forms y = A x (+ sigma_y noise) itself and evaluates the result against 
 --op form a chain in the order the degradations hit the image (e.g. --op inpaint --op grayscale
 --op downsample:4). They are the degradations of the task spec (`contract.spec`), which validates
 them and the sampler settings.
-The command prints the consistency figure ||A x0 - y|| / ||y|| of the result (0 up to rounding
-for sigma_y = 0) and, with --evaluate or --simulate, PSNR / SSIM against the clean image.
+The result is saved as the worker saves it (`ddnm.tasks.as_image`: in [0, 255], consistent with y
+where the range allows), and the command prints its consistency figure ||A x0 - y|| / ||y|| and,
+with --evaluate or --simulate, PSNR / SSIM against the clean image.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import Tensor, nn
 
-    from ddnm.operators.base import LinearOperator
 
 DEFAULT_MODEL = "ddnm-small-32"
 SUPPORTED_OPS = ("downsample", "blur", "grayscale", "inpaint", "denoise")
@@ -114,11 +114,6 @@ def load_model(model: str, model_dir: Path | None = None) -> nn.Module:
     return network
 
 
-def consistency(operator: LinearOperator, x0: Tensor, y: Tensor) -> float:
-    """||A x0 - y|| / ||y||: how far the result is from explaining the observation."""
-    return float((operator.A(x0) - y).norm() / y.norm().clamp_min(1e-12))
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
@@ -131,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from ddnm.operators import measure
     from ddnm.sampling import StepInfo, sample
     from ddnm.schedules import linear_schedule
-    from ddnm.tasks import chain_operator, sampler_options
+    from ddnm.tasks import as_image, chain_operator, consistency, in_range, sampler_options
 
     spec = TaskSpec.model_validate(
         {
@@ -157,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         y = measure(operator, to_tensor(image).to(args.device), spec.sigma_y, generator)
     else:
         y = read_observation(image, any(d.op == "grayscale" for d in spec.degradations))
-        y = y.to(args.device)
+        y = in_range(operator, y.to(args.device))
     _, h, w = operator.x_shape(y)
     if h % 8 or w % 8:
         raise ValueError(f"the restored image must have sides divisible by 8, got {h}x{w}")
@@ -180,8 +175,9 @@ def run(args: argparse.Namespace) -> int:
             options,
             generator=generator,
             callback=progress,
-        ).cpu()
+        )
     bar.close()
+    x0 = as_image(operator, x0, y, spec.sigma_y).cpu()
     save_image(x0, args.output)
     print(
         f"wrote {args.output} ({w}x{h}); consistency ||A x0 - y|| / ||y|| = "
