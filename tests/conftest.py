@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,27 @@ from redis import Redis
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "fixtures" / "reference"
+# the two small reference networks: name -> architecture
+FIXTURE_ARCHS = {"ddpm_small": "ddpm", "guided_small": "adm"}
+
+
+def fixture_files(name: str) -> tuple[Path, dict, dict]:
+    """(state_dict path, config JSON, stored inputs/outputs) of a reference network fixture."""
+    import numpy as np
+
+    folder = REFERENCE / "models"
+    config = json.loads((folder / f"{name}_config.json").read_text())
+    return folder / f"{name}_state_dict.pt", config, dict(np.load(folder / f"{name}_io.npz"))
+
+
+def fixture_network(name: str):  # -> torch.nn.Module
+    """A reference network fixture loaded through `ddnm.models.load_network` (strict)."""
+    from ddnm.models import load_network
+
+    path, config, _ = fixture_files(name)
+    return load_network(path, arch=FIXTURE_ARCHS[name], config=config)
+
+
 # worker settings that serve the small reference network (32x32, random weights) instead of the
 # default model: fast and independent of the shipped weights, for the service tests
 FIXTURE_MODEL_ENV = {

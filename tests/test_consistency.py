@@ -12,9 +12,10 @@ import torch
 from skimage import data
 
 from ddnm import operators as O
-from ddnm.models import as_denoiser, load_network
+from ddnm.models import as_denoiser
 from ddnm.sampling import SamplerOptions, sample
 from ddnm.schedules import linear_schedule
+from tests.conftest import FIXTURE_ARCHS, fixture_network
 from tests.test_sampler import BoundedNet
 
 SIZE = 32
@@ -49,22 +50,18 @@ OPERATORS = {
 }
 
 
-def _networks(reference_dir):
-    folder = reference_dir / "models"
+def _networks():
     yield "bounded_random", BoundedNet(seed=5)
-    for arch, stem in (("ddpm", "ddpm_small"), ("adm", "guided_small")):
-        net = load_network(
-            folder / f"{stem}_state_dict.pt", arch=arch, config=folder / f"{stem}_config.json"
-        )
-        yield stem, as_denoiser(net)
+    for name in FIXTURE_ARCHS:
+        yield name, as_denoiser(fixture_network(name))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(OPERATORS))
-def test_noise_free_result_is_consistent(name, reference_dir):
+def test_noise_free_result_is_consistent(name):
     operator = OPERATORS[name]()
     y = operator.A(_photo())
-    for net_name, denoiser in _networks(reference_dir):
+    for net_name, denoiser in _networks():
         x_hat = sample(
             denoiser,
             linear_schedule(),

@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 from ddnm.cli import main
 from ddnm.models import convert_checkpoint, load_network, read_state_dict
+from tests.conftest import fixture_files
 
 
 class WouldTouch:
@@ -25,14 +26,8 @@ class WouldTouch:
 
 
 @pytest.fixture(scope="module")
-def guided(reference_dir):
-    models = reference_dir / "models"
-    config = json.loads((models / "guided_small_config.json").read_text())
-    return (
-        models / "guided_small_state_dict.pt",
-        config,
-        dict(np.load(models / "guided_small_io.npz")),
-    )
+def guided():
+    return fixture_files("guided_small")
 
 
 def _forward(net, io):

@@ -6,27 +6,20 @@ Measured on these 32x32 fixtures (CPU): max|out_half - out_f32| / max|out_f32| i
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from ddnm.models import as_denoiser, load_network
+from ddnm.models import as_denoiser
 from ddnm.models.adapters import HALF_REL_ERROR
-
-FIXTURES = {"guided_small": "adm", "ddpm_small": "ddpm"}
+from tests.conftest import FIXTURE_ARCHS, fixture_files, fixture_network
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("stem", sorted(FIXTURES))
-def test_half_torso_within_stated_relative_error(reference_dir, stem, dtype):
-    models = reference_dir / "models"
-    net = load_network(
-        models / f"{stem}_state_dict.pt",
-        arch=FIXTURES[stem],
-        config=models / f"{stem}_config.json",
-    )
-    io = np.load(models / f"{stem}_io.npz")
+@pytest.mark.parametrize("stem", sorted(FIXTURE_ARCHS))
+def test_half_torso_within_stated_relative_error(stem, dtype):
+    net = fixture_network(stem)
+    _, _, io = fixture_files(stem)
     x, t = torch.from_numpy(io["x"]), torch.from_numpy(io["t"])
     eps32 = torch.from_numpy(io["out"])[:, :3]
     eps = as_denoiser(net, dtype=dtype)(x, t)

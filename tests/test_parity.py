@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from ddnm.models import as_denoiser, load_network
+from ddnm.models import as_denoiser
 from ddnm.operators import Colorization, Inpainting, LinearOperator, SuperResolution
 from ddnm.sampling import SamplerOptions, sample
 from ddnm.sampling import steps as S
 from ddnm.schedules import linear_schedule
+from tests.conftest import fixture_network
 
-NETWORKS = {"ddpm_small": ("ddpm", "ddpm_small"), "guided_small": ("adm", "guided_small")}
 GOLDEN_WEIGHTS = (0.3333, 0.3334, 0.3333)  # the reference SVD path's colorization weights
 
 
@@ -45,14 +45,6 @@ def _operator_and_y(deg: str, scale: int, golden: dict) -> tuple[LinearOperator,
         side = golden["x_orig"].shape[-1]
         return Colorization(GOLDEN_WEIGHTS), torch.from_numpy(y).reshape(1, 1, side, side)
     raise AssertionError(f"no operator for reference degradation {deg!r}")
-
-
-def _network(reference_dir: Path, model: str) -> torch.nn.Module:
-    arch, stem = NETWORKS[model]
-    folder = reference_dir / "models"
-    return load_network(
-        folder / f"{stem}_state_dict.pt", arch=arch, config=folder / f"{stem}_config.json"
-    )
 
 
 def _cases(reference_dir: Path) -> list[dict]:
@@ -103,7 +95,7 @@ def test_golden_reproduced_step_by_step(case, reference_dir):
     operator, y = _operator_and_y(spec["deg"], spec.get("deg_scale", 1), golden)
     schedule = linear_schedule()
     x0_raw: list[torch.Tensor] = []
-    denoiser = as_denoiser(_network(reference_dir, spec["model"]))
+    denoiser = as_denoiser(fixture_network(spec["model"]))
 
     def recording(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         eps = denoiser(x_t, t)
@@ -131,7 +123,7 @@ def test_golden_float64_run_reproduces_x0_f64(case, reference_dir):
     spec = case["spec"]
     golden = dict(np.load(reference_dir / "goldens" / case["file"]))
     operator, y = _operator_and_y(spec["deg"], spec.get("deg_scale", 1), golden)
-    denoiser = as_denoiser(_network(reference_dir, spec["model"]).double())
+    denoiser = as_denoiser(fixture_network(spec["model"]).double())
     options, x_T, noise = _replay_inputs(case, golden)
     x0 = sample(
         denoiser, linear_schedule(), operator, y.double(), options, x_T=x_T, step_noise=noise
