@@ -87,12 +87,17 @@ def test_restore_other_ops(
     assert load_image(out).shape == (32, 32, 3)
 
 
+def write_mask(path: Path, hole: tuple[slice, slice]) -> None:
+    """A 32x32 mask PNG: white (known) except the black `hole`."""
+    mask = np.full((32, 32), 255, np.uint8)
+    mask[hole] = 0
+    Image.fromarray(mask).save(path)
+
+
 def test_restore_inpainting_with_a_mask(
     small_model: Path, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    mask = np.full((32, 32), 255, np.uint8)
-    mask[8:20, 10:24] = 0
-    Image.fromarray(mask).save(tmp_path / "mask.png")
+    write_mask(tmp_path / "mask.png", np.s_[8:20, 10:24])
     out = tmp_path / "out.png"
     argv = ["restore", str(photo), "--op", "inpaint", "--mask", str(tmp_path / "mask.png")]
     argv += ["--simulate", "--steps", "3", "--model", str(small_model), "-o", str(out)]
@@ -130,9 +135,7 @@ def test_restore_a_chain(
     small_model: Path, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Old-photo chain: holes, then grey, then 2x box downsampling; --op order is the chain's."""
-    mask = np.full((32, 32), 255, np.uint8)
-    mask[4:12, 6:20] = 0
-    Image.fromarray(mask).save(tmp_path / "mask.png")
+    write_mask(tmp_path / "mask.png", np.s_[4:12, 6:20])
     out = tmp_path / "out.png"
     argv = ["restore", str(photo), "--mask", str(tmp_path / "mask.png"), "--simulate"]
     argv += ["--op", "inpaint", "--op", "grayscale", "--op", "downsample:2"]
