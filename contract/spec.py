@@ -2,12 +2,15 @@
 
 A spec names the degradation chain in the order the degradations were applied to the clean image x
 (the worker composes the operators in that order), and the sampler settings (paper defaults:
-100 steps, eta 0.85, no time travel, sigma_y = 0):
+100 steps, eta 0.85, no time travel, sigma_y = 0; the service also clips x_{0|t} to the data range
+by default, and `samples` > 1 returns the mean of that many restorations, the estimate of highest
+expected PSNR: see `ddnm.sampling.posterior_mean`):
 
     {"degradations": [{"op": "inpaint"}, {"op": "grayscale"},
                       {"op": "downsample", "factor": 4, "filter": "box"}],
      "sigma_y": 0.0, "steps": 100, "eta": 0.85, "travel": {"length": 1, "repeat": 1},
-     "seed": null, "model": null, "class_label": null, "guidance_scale": 0.0, "evaluate": false}
+     "clip_x0": true, "samples": 1, "seed": null, "model": null, "class_label": null,
+     "guidance_scale": 0.0, "evaluate": false}
 
 Geometry: shapes are (C, H, W). x is the clean colour image (3, H, W); y the observation the chain
 makes of it, an image for every op but `cs` (whose coefficients are not an image, so a chain ending
@@ -24,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Shape = tuple[int, int, int]  # (C, H, W)
 
 MAX_STEPS = 1000  # the schedules' T: at most one sampling step per diffusion timestep
+MAX_SAMPLES = 16  # restorations averaged by one job (each costs a full run)
 
 
 class _Op(BaseModel):
@@ -154,6 +158,10 @@ class TaskSpec(BaseModel):
     steps: int = Field(default=100, ge=1, le=MAX_STEPS)
     eta: float = Field(default=0.85, ge=0.0, le=1.0)
     travel: Travel = Travel()
+    clip_x0: bool = Field(default=True, description="clip x_{0|t} to [-1, 1] at every step")
+    samples: int = Field(
+        default=1, ge=1, le=MAX_SAMPLES, description="restorations averaged into the result"
+    )
     seed: int | None = Field(default=None, ge=0, lt=2**63)
     model: str | None = Field(default=None, min_length=1, max_length=100)
     class_label: int | None = Field(default=None, ge=0, le=999)

@@ -84,6 +84,7 @@ def sampler_options(spec: TaskSpec) -> SamplerOptions:
         sigma_y=spec.sigma_y,
         travel_length=spec.travel.length,
         travel_repeat=spec.travel.repeat,
+        clip_x0=spec.clip_x0,
     )
 
 

@@ -87,6 +87,22 @@ def test_restore_other_ops(
     assert load_image(out).shape == (32, 32, 3)
 
 
+def test_restore_samples_and_clipping(
+    small_model: Path, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--samples 3 averages three draws (a different, still consistent image); --no-clip-x0
+    runs the paper's unclipped sampler (a different image again)."""
+    argv = ["restore", str(photo), "--op", "grayscale", "--simulate", "--steps", "3"]
+    argv += ["--model", str(small_model)]
+    results = {}
+    for name, extra in {"one": [], "mean": ["--samples", "3"], "raw": ["--no-clip-x0"]}.items():
+        assert main([*argv, *extra, "-o", str(tmp_path / f"{name}.png")]) == 0
+        assert printed_consistency(capsys.readouterr().out) < 1e-4
+        results[name] = load_image(tmp_path / f"{name}.png")
+    assert not np.array_equal(results["one"], results["mean"])
+    assert not np.array_equal(results["one"], results["raw"])
+
+
 def write_mask(path: Path, hole: tuple[slice, slice]) -> None:
     """A 32x32 mask PNG: white (known) except the black `hole`."""
     mask = np.full((32, 32), 255, np.uint8)
@@ -111,6 +127,7 @@ def test_restore_errors(small_model: Path, photo: Path, tmp_path: Path) -> None:
     assert main(["restore", str(photo), "--op", "inpaint", *model]) == 2  # no --mask
     assert main(["restore", str(photo), "--op", "downsample:3", "--simulate", *model]) == 2
     assert main(["restore", str(photo), "--op", "denoise", "--steps", "0", *model]) == 2
+    assert main(["restore", str(photo), "--op", "denoise", "--samples", "0", *model]) == 2
     assert not Path(out).exists()
 
 

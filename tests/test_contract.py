@@ -49,6 +49,7 @@ def test_issue_example_parses_with_paper_defaults() -> None:
     defaults = TaskSpec.model_validate(OLD_PHOTO)
     assert (defaults.steps, defaults.eta, defaults.sigma_y) == (100, 0.85, 0.0)
     assert defaults.travel.length == defaults.travel.repeat == 1
+    assert defaults.clip_x0 and defaults.samples == 1
     assert not defaults.evaluate
 
 
@@ -60,6 +61,9 @@ def test_issue_example_parses_with_paper_defaults() -> None:
         ({**OLD_PHOTO, "steps": 0}, "greater than or equal to 1"),
         ({**OLD_PHOTO, "steps": 1001}, "less than or equal to 1000"),
         ({**OLD_PHOTO, "eta": 1.5}, "less than or equal to 1"),
+        ({**OLD_PHOTO, "samples": 0}, "greater than or equal to 1"),
+        ({**OLD_PHOTO, "samples": 17}, "less than or equal to 16"),
+        ({**OLD_PHOTO, "clip_x0": "maybe"}, "valid boolean"),
         ({**OLD_PHOTO, "sigma_y": -0.1}, "greater than or equal to 0"),
         ({**OLD_PHOTO, "stepz": 10}, "Extra inputs are not permitted"),
         ({"degradations": [{"op": "downsample", "factor": 1}]}, "greater than or equal to 2"),

@@ -24,7 +24,7 @@ from ddnm.operators import (
     compose,
     gaussian_kernel,
 )
-from ddnm.sampling import SamplerOptions, StepInfo, sample
+from ddnm.sampling import SamplerOptions, StepInfo, posterior_mean, sample
 from ddnm.sampling import steps as S
 from ddnm.schedules import linear_schedule, timestep_pairs
 
@@ -222,6 +222,7 @@ def test_learned_sigma_output_keeps_the_first_channels():
         ({"eta": float("nan")}, "eta"),
         ({"sigma_y": float("inf")}, "sigma_y"),
         ({"travel_length": 2.0, "travel_repeat": 2}, "travel_length"),
+        ({"clip_x0": 1}, "clip_x0"),
     ],
 )
 def test_bad_options(kwargs, name):
@@ -381,3 +382,93 @@ def test_ddnm_plus_scalar_form_equals_the_svd_form_when_s_is_0_or_1(make):
     torch.testing.assert_close(scalar, svd, rtol=0, atol=1e-5)
     noise_free = _run(op, y, SamplerOptions(steps=5, eta=0.85), x_T=x_T, step_noise=draws)
     assert float((svd - noise_free).abs().max()) > 1e-2  # σ_y does change the run
+
+
+# ---- clipping x0|t and the posterior mean -------------------------------------------------
+
+
+class WildNet(BoundedNet):
+    """A network whose x0 estimate leaves the data range: x0 = 3 tanh(conv(x_t)) + 0.5."""
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = SCHEDULE.alpha_bar_table_for(x_t.dtype)[t.long() + 1].view(-1, 1, 1, 1)
+        x0 = 3 * torch.tanh(self.conv(x_t)) + 0.5
+        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+
+def _estimates(net, op, y, opts, seed=0):
+    seen: list[torch.Tensor] = []
+    out = sample(
+        net,
+        SCHEDULE,
+        op,
+        y,
+        opts,
+        generator=torch.Generator().manual_seed(seed),
+        callback=lambda info: seen.append(info.x0),
+    )
+    return out, seen
+
+
+def test_clip_x0_keeps_the_estimate_in_the_data_range():
+    """With clip_x0 every x̂_{0|t} of inpainting (known pixels: y in [-1, 1]; unknown ones: the
+    clipped x_{0|t}) lies in [-1, 1], and the result is still consistent; without it the wild
+    network's estimates leave the range."""
+    op = Inpainting(torch.rand(16, 16, generator=torch.Generator().manual_seed(0)) > 0.5)
+    y = op.A(_image(20))
+    _, wild = _estimates(WildNet(), op, y, SamplerOptions(steps=6))
+    out, clipped = _estimates(WildNet(), op, y, SamplerOptions(steps=6, clip_x0=True))
+    assert max(float(x0.abs().max()) for x0 in wild) > 1.5
+    assert max(float(x0.abs().max()) for x0 in clipped) <= 1.0
+    assert float((op.A(out) - y).abs().max()) < 1e-6
+
+
+def test_clip_x0_steps_with_the_eps_of_the_clipped_estimate():
+    """Where x_{0|t} is in range clipping changes nothing (bit for bit); the ε it implies puts
+    x_t back together: x_t = sqrt(ᾱ) x0 + sqrt(1 - ᾱ) ε."""
+    op = SuperResolution(2)
+    y, opts = op.A(_image(21)), SamplerOptions(steps=5, eta=0.5)
+    plain, _ = _estimates(BoundedNet(), op, y, opts)
+    clipped, _ = _estimates(BoundedNet(), op, y, SamplerOptions(steps=5, eta=0.5, clip_x0=True))
+    torch.testing.assert_close(clipped, plain, rtol=0, atol=1e-5)
+    x_t, a = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor(0.3)
+    x0, eps = S.clip_x0(x_t, 4 * x_t, a)
+    assert float(x0.abs().max()) == 1.0
+    torch.testing.assert_close(a.sqrt() * x0 + (1 - a).sqrt() * eps, x_t)
+
+
+def test_posterior_mean_is_the_mean_of_independent_draws():
+    """samples = 1 is `sample` with the same draws; samples = K the mean of K runs drawing from
+    the generator in turn (a per-image mask batch included), each draw different, the mean
+    consistent with y; the callback counts steps over all runs."""
+    op = Inpainting(torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1)) > 0.5)
+    y, opts = op.A(torch.cat([_image(22), _image(23)])), SamplerOptions(steps=5)
+    seeded = torch.Generator().manual_seed
+    one = posterior_mean(BoundedNet(), SCHEDULE, op, y, opts, 1, generator=seeded(4))
+    torch.testing.assert_close(one, _run(op, y, opts, generator=seeded(4)), rtol=0, atol=0)
+    tape = seeded(4)
+    draws = [_run(op, y, opts, generator=tape) for _ in range(3)]
+    steps: list[tuple[int, int]] = []
+    mean = posterior_mean(
+        BoundedNet(),
+        SCHEDULE,
+        op,
+        y,
+        opts,
+        3,
+        generator=seeded(4),
+        callback=lambda info: steps.append((info.step, info.total)),
+    )
+    torch.testing.assert_close(mean, sum(draws) / 3, rtol=0, atol=1e-6)
+    assert float((draws[0] - draws[2]).abs().max()) > 1e-2  # the draws differ
+    assert float((op.A(mean) - y).abs().max()) < 1e-6
+    assert steps == [(k, 15) for k in range(1, 16)]
+
+
+@pytest.mark.parametrize("samples", [0, -1, 2.0, True])
+def test_posterior_mean_needs_a_positive_integer(samples):
+    op = SuperResolution(2)
+    with pytest.raises(ValueError, match="samples"):
+        posterior_mean(
+            BoundedNet(), SCHEDULE, op, op.A(_image(1)), SamplerOptions(steps=2), samples
+        )

@@ -3,6 +3,7 @@ tensors, the final projection into [-1, 1], and whole runs with the small refere
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from pathlib import Path
@@ -60,8 +61,12 @@ def test_each_op_becomes_its_library_operator() -> None:
 
 def test_spec_settings_become_the_sampler_options() -> None:
     s = spec({"op": "denoise"}, steps=7, eta=0.5, sigma_y=0.1, travel={"length": 2, "repeat": 3})
-    expected = SamplerOptions(steps=7, eta=0.5, sigma_y=0.1, travel_length=2, travel_repeat=3)
+    expected = SamplerOptions(
+        steps=7, eta=0.5, sigma_y=0.1, travel_length=2, travel_repeat=3, clip_x0=True
+    )
     assert sampler_options(s) == expected
+    unclipped = s.model_copy(update={"clip_x0": False})
+    assert sampler_options(unclipped) == dataclasses.replace(expected, clip_x0=False)
 
 
 def test_old_photo_chain_is_exact() -> None:
@@ -147,6 +152,20 @@ def test_restore_is_consistent_and_reproducible(model: ServedModel) -> None:
     assert restore(model, s, png(y), None).png == first.png  # same seed, same result
     other = restore(model, s.model_copy(update={"seed": 4}), png(y), None)
     assert other.png != first.png
+
+
+def test_samples_average_restorations(model: ServedModel) -> None:
+    """samples = 3: three runs (progress counts all their steps), averaged; still consistent,
+    and smoother than one draw (the mean of differing draws has less pixel variance)."""
+    y = box_downsample(crop(), 4).round().astype(np.uint8)
+    s = spec({"op": "downsample", "factor": 4}, steps=4, samples=3)
+    seen: list[tuple[int, int]] = []
+    mean = restore(model, s, png(y), None, callback=lambda i: seen.append((i.step, i.total)))
+    assert seen == [(k, 12) for k in range(1, 13)]
+    assert mean.consistency < 1e-4
+    one = restore(model, s.model_copy(update={"samples": 1}), png(y), None)
+    images = [np.asarray(Image.open(io.BytesIO(r.png)), np.float64) for r in (mean, one)]
+    assert images[0].std() < images[1].std()
 
 
 def test_evaluate_mode_reports_quality_against_the_upload(model: ServedModel) -> None:

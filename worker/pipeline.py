@@ -1,5 +1,6 @@
 """One job, from the spec and the uploaded bytes to the result: spec -> operator and options ->
-`ddnm.sampling.sample` -> PNG, consistency and (evaluate mode) PSNR / SSIM.
+`ddnm.sampling.posterior_mean` (one `sample` run unless the spec asks for more) -> PNG,
+consistency and (evaluate mode) PSNR / SSIM.
 
 The sampler's x̂ becomes an image in [-1, 1] by `ddnm.tasks.as_image` (which keeps A x = y where
 the box allows it).
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from contract.spec import Shape, TaskSpec
 from ddnm import imaging, metrics, operators
-from ddnm.sampling import StepInfo, sample
+from ddnm.sampling import StepInfo, posterior_mean
 from ddnm.tasks import as_image, chain_operator, consistency, in_range, sampler_options
 from worker.models import ServedModel
 
@@ -73,12 +74,13 @@ def restore(
     upload = read_upload(image, spec.upload_shape(x_shape)[0]).to(model.device)
     y = operators.measure(operator, upload, spec.sigma_y, generator) if spec.evaluate else upload
     y = in_range(operator, y)
-    x = sample(
+    x = posterior_mean(
         model.denoiser(spec),
         model.schedule,
         operator,
         y,
         sampler_options(spec),
+        spec.samples,
         generator=generator,
         callback=callback,
     )

@@ -51,6 +51,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--eta", type=float, default=0.85)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        help="average this many restorations: the estimate of highest expected PSNR (default 1)",
+    )
+    parser.add_argument(
+        "--clip-x0",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="clip x0|t to [-1, 1] at every step (default: on)",
+    )
+    parser.add_argument(
         "--model", default=DEFAULT_MODEL, help="registered model name or a .safetensors path"
     )
     parser.add_argument(
@@ -124,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     from ddnm.models.adapters import as_denoiser
     from ddnm.models.commands import model_dir
     from ddnm.operators import measure
-    from ddnm.sampling import StepInfo, sample
+    from ddnm.sampling import StepInfo, posterior_mean
     from ddnm.schedules import linear_schedule
     from ddnm.tasks import as_image, chain_operator, consistency, in_range, sampler_options
 
@@ -134,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
             "sigma_y": args.sigma_y,
             "steps": args.steps,
             "eta": args.eta,
+            "clip_x0": args.clip_x0,
+            "samples": args.samples,
             "seed": args.seed,
             "model": args.model,
         }
@@ -167,12 +181,13 @@ def run(args: argparse.Namespace) -> int:
         bar.update(1)
 
     with torch.no_grad():
-        x0 = sample(
+        x0 = posterior_mean(
             denoiser,
             linear_schedule(),
             operator,
             y,
             options,
+            spec.samples,
             generator=generator,
             callback=progress,
         )

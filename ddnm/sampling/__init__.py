@@ -1,6 +1,6 @@
 """DDNM / DDNM+ samplers: options, the step pieces and the loop."""
 
-from ddnm.sampling.ddnm import Denoiser, StepInfo, sample
+from ddnm.sampling.ddnm import Denoiser, StepInfo, posterior_mean, sample
 from ddnm.sampling.options import SamplerOptions
 
-__all__ = ["Denoiser", "SamplerOptions", "StepInfo", "sample"]
+__all__ = ["Denoiser", "SamplerOptions", "StepInfo", "posterior_mean", "sample"]

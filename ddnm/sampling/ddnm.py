@@ -2,6 +2,7 @@
 
 Paper → code:
     Alg. 1 line 4, x_{0|t} from ε_θ(x_t, t)          steps.predict_x0
+    (option clip_x0) x_{0|t} clipped to [-1, 1]      steps.clip_x0
     Alg. 1 line 5, x̂_{0|t} = x_{0|t} - A⁺(A x_{0|t} - y)  steps.rectify_x0          (sigma_y = 0)
     Eq. 17, x̂_{0|t} = x_{0|t} - Σ_t A⁺(A x_{0|t} - y)   steps.rectify_x0_plus     (sigma_y > 0)
     Eq. 18-19, Φ_t = γ_t, λ_t (per singular value)       steps.ddnm_plus_scalings, steps.shape_noise
@@ -16,7 +17,7 @@ when given, else from `generator`. A run is thus replayable from (x_T, step_nois
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -101,6 +102,52 @@ def sample(
     return x_t
 
 
+def posterior_mean(
+    denoiser: Denoiser,
+    schedule: Schedule,
+    operator: LinearOperator,
+    y: Tensor,
+    options: SamplerOptions,
+    samples: int,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callable[[StepInfo], None] | None = None,
+) -> Tensor:
+    """The mean of `samples` independent DDNM restorations of y.
+
+    One run of `sample` draws one x from the posterior p(x | y); its expected squared error is
+    that of the posterior mean plus the posterior variance. The mean of K draws estimates
+    E[x | y], the restoration of least expected squared error (highest expected PSNR), trading
+    detail the data do not determine (e.g. the hue of a grey surface in colorization) for its
+    average. A is linear, so A of the mean is y whenever each draw is consistent.
+
+    The draws run one after another, each a `sample` run taking its randomness from `generator`
+    in turn (an operator may hold per-image state, e.g. a batch of masks, so they are not
+    batched); samples = 1 is `sample`. The callback sees steps counted over all runs (total =
+    samples * transitions of one run). Returns (B, C, H, W).
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+    total: Tensor | None = None
+    for k in range(samples):
+        relay = None if callback is None else _counted(callback, k, samples)
+        x = sample(denoiser, schedule, operator, y, options, generator=generator, callback=relay)
+        total = x if total is None else total + x
+    assert total is not None
+    return total / samples
+
+
+def _counted(
+    callback: Callable[[StepInfo], None], run: int, runs: int
+) -> Callable[[StepInfo], None]:
+    """The callback of run `run` of `runs`, with steps counted over all runs."""
+
+    def relay(info: StepInfo) -> None:
+        callback(replace(info, step=run * info.total + info.step, total=runs * info.total))
+
+    return relay
+
+
 def _denoise(
     denoiser: Denoiser,
     operator: LinearOperator,
@@ -115,6 +162,8 @@ def _denoise(
     """One denoising transition t -> t_next < t. Returns (x_{t_next}, x̂_{0|t})."""
     eps = _eps(denoiser, x_t, t)
     x0 = S.predict_x0(x_t, eps, alpha_bar[t + 1])
+    if options.clip_x0:
+        x0, eps = S.clip_x0(x_t, x0, alpha_bar[t + 1])
     a_t, noise = S.step_noise_terms(eps, z, alpha_bar[t_next + 1], options.eta)
     if options.sigma_y == 0:
         x0_hat = S.rectify_x0(operator, x0, y)

@@ -24,6 +24,11 @@ class SamplerOptions:
                     0 selects noise-free DDNM (Alg. 1), > 0 DDNM+ (Alg. 2, Eq. 17-19).
     travel_length:  time-travel jump length l in sampling steps (1 with travel_repeat 1: no travel).
     travel_repeat:  how often each stretch is sampled, r (r - 1 re-noising climbs per jump point).
+    clip_x0:        clip x_{0|t} to the data range [-1, 1] before the range-space correction
+                    (DDPM's `clip_denoised`); the step then uses the ε the clipped estimate
+                    implies. Off in the paper's algorithms and the reference; it keeps a weak
+                    network's null-space estimate (e.g. the chroma of colorization) from
+                    drifting out of the data range.
     """
 
     steps: int = 100
@@ -31,6 +36,7 @@ class SamplerOptions:
     sigma_y: float = 0.0
     travel_length: int = 1
     travel_repeat: int = 1
+    clip_x0: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "travel_length", "travel_repeat"):
@@ -49,6 +55,8 @@ class SamplerOptions:
             raise ValueError(f"eta must be in [0, 1], got {self.eta!r}")
         if not (math.isfinite(self.sigma_y) and self.sigma_y >= 0.0):
             raise ValueError(f"sigma_y must be a finite number >= 0, got {self.sigma_y!r}")
+        if not isinstance(self.clip_x0, bool):
+            raise ValueError(f"clip_x0 must be a bool, got {self.clip_x0!r}")
         check_travel(self.steps, self.travel_length, self.travel_repeat)
 
     @property

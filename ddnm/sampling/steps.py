@@ -27,6 +27,14 @@ def predict_x0(x_t: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:
     return (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
 
 
+def clip_x0(x_t: Tensor, x0: Tensor, alpha_bar: Tensor) -> tuple[Tensor, Tensor]:
+    """x_{0|t} clipped to the data range [-1, 1] (DDPM's `clip_denoised`), and the ε it implies,
+    eps = (x_t - sqrt(ᾱ_t) x_{0|t}) / sqrt(1 - ᾱ_t), so that the step (Alg. 1 line 6) stays
+    the one of a network that had predicted the clipped estimate."""
+    x0 = x0.clamp(-1.0, 1.0)
+    return x0, (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+
+
 def rectify_x0(operator: LinearOperator, x0: Tensor, y: Tensor) -> Tensor:
     """Range-space correction of DDNM (Alg. 1 line 5): x̂0 = x0 - A⁺(A x0 - y), so A x̂0 = y."""
     return x0 - operator.A_pinv(operator.A(x0) - y)
