@@ -131,14 +131,22 @@ def test_restore_errors(small_model: Path, photo: Path, tmp_path: Path) -> None:
     assert not Path(out).exists()
 
 
-@pytest.mark.slow
-def test_train_then_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _train_data(tmp_path: Path) -> Path:
     data = tmp_path / "images"
     data.mkdir()
     Image.fromarray(skimage.data.rocket()).resize((48, 32)).save(data / "rocket.png")
     Image.fromarray(skimage.data.coffee()).resize((48, 32)).save(data / "coffee.jpg")
-    common = ["train", "--data", str(data), "--out", str(tmp_path / "run")]
-    common += ["--config", json.dumps(TINY), "--batch-size", "2", "--seed", "5"]
+    return data
+
+
+def _train_args(data: Path, out: Path) -> list[str]:
+    return ["train", "--data", str(data), "--out", str(out), "--config", json.dumps(TINY)]
+
+
+@pytest.mark.slow
+def test_train_then_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = [*_train_args(_train_data(tmp_path), tmp_path / "run"), "--batch-size", "2"]
+    common += ["--seed", "5"]
     assert main([*common, "--steps", "2"]) == 0
     assert main([*common, "--steps", "3", "--resume"]) == 0
     assert "2 images" in capsys.readouterr().out
@@ -146,6 +154,28 @@ def test_train_then_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert rows[0] == "step,loss" and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
     network = load_network(tmp_path / "run" / "ema.safetensors", arch="adm", config=TINY)
     assert sum(p.numel() for p in network.parameters()) > 0
+
+
+@pytest.mark.slow
+def test_train_from_given_weights(tmp_path: Path) -> None:
+    """--init fine-tunes: the network starts from the given weights (a run with a vanishing
+    learning rate ends where it started), which a fresh run does not."""
+    data = _train_data(tmp_path)
+    assert main([*_train_args(data, tmp_path / "base"), "--steps", "1", "--seed", "0"]) == 0
+    base = tmp_path / "base" / "ema.safetensors"
+    tuned_args = [*_train_args(data, tmp_path / "tuned"), "--steps", "2", "--lr", "1e-12"]
+    assert main([*tuned_args, "--init", str(base), "--seed", "1"]) == 0
+    fresh_args = [*_train_args(data, tmp_path / "fresh"), "--steps", "2", "--lr", "1e-12"]
+    assert main([*fresh_args, "--seed", "1"]) == 0
+
+    def weights(run: str) -> dict[str, torch.Tensor]:
+        path = tmp_path / run / "ema.safetensors"
+        return load_network(path, arch="adm", config=TINY).state_dict()
+
+    start, tuned, fresh = weights("base"), weights("tuned"), weights("fresh")
+    for key, value in start.items():
+        torch.testing.assert_close(tuned[key], value, rtol=0, atol=1e-6)
+    assert any(not torch.allclose(fresh[k], v) for k, v in start.items())
 
 
 def test_restore_a_chain(

@@ -2,7 +2,8 @@
 
 The output folder holds `checkpoint.pt` (full state, rewritten every --checkpoint-every steps and
 at the end), `loss.csv` (step, loss) and, at the end, `ema.safetensors` (the EMA weights with the
-network config in the header). `--resume` continues from `checkpoint.pt` to the same total --steps.
+network config in the header). `--resume` continues from `checkpoint.pt` to the same total
+--steps; `--init` starts from trained weights (fine-tuning) instead of a fresh network.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument(
+        "--init",
+        help="start from these weights (a .safetensors file or registered model name) instead "
+        "of a fresh network: fine-tuning; the optimiser starts afresh",
+    )
     parser.set_defaults(func=run)
 
 
@@ -76,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     )
     images = training.load_images(args.data, crop_size)
     torch.manual_seed(options.seed)
-    state = training.new_state(load_network(None, arch=args.arch, config=config), config, options)
+    network = load_network(args.init, arch=args.arch, config=config).train()
+    state = training.new_state(network, config, options)
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint, log = args.out / "checkpoint.pt", args.out / "loss.csv"
     if args.resume:
