@@ -4,9 +4,10 @@ Every image is taken from a package (no other download): the `skimage.data` imag
 natural colour photographs from scikit-learn (`china`, `flower`), matplotlib (`grace_hopper`) and
 the SciPy 1.9.3 wheel (`face`, read from the wheel file, as later SciPy releases download it).
 Each is written as PNG at several scales (box-filtered to a long side of 80 to 400 pixels), so
-that 32 x 32 crops see both texture and whole objects. Colour images get more scales than grey ones (written as RGB), so that most
-crops carry colour: the model also serves colorization. The held-out images (astronaut,
-coffee, chelsea) are never written: they are the evaluation set of bench/quality.py.
+that 32 x 32 crops see both texture and whole objects. Colour images get more scales than grey
+ones (written as RGB), so that most crops carry colour: the model also serves colorization. The
+held-out images (astronaut, coffee, chelsea) are never written: they are the evaluation set of
+bench/quality.py.
 
     python data/assemble.py OUT_DIR                          # phase 1: skimage.data only
     pip install scikit-learn matplotlib                      # phase 2 adds the photographs
