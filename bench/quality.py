@@ -5,11 +5,11 @@ Crops: `--crops` 32 x 32 crops (fixed positions from `--seed`) of images never s
 Tasks, all noise-free (sigma_y = 0): 4x box super-resolution, inpainting of a random 50 % pixel
 mask (one fixed mask), colorization. For every crop and task it records PSNR and SSIM (of the
 8-bit images) of A⁺y and of DDNM, and the consistency figure ||A x0 - y|| / ||y|| of the DDNM
-result. DDNM runs three ways: as the paper runs it (one draw); with x_{0|t} clipped to [-1, 1]
-before the range-space correction (`clip_x0`, the service's default; one draw); and clipped, as the
-mean of `--samples` draws (`ddnm.sampling.posterior_mean`, the estimate of highest expected PSNR).
+result. DDNM runs four ways (see `methods`): with the paper's defaults; with x_{0|t} clipped to
+[-1, 1] (`clip_x0`, the service's default); clipped with eta 1 and time travel; and clipped with
+eta 1 as the mean of `--samples` draws (`ddnm.sampling.posterior_mean`).
 Writes `quality.md` and the contact sheet `quality_sheet.png` (per task, rows of
-degraded | A⁺y | the three DDNM results | truth) into `--out`.
+degraded | A⁺y | the four DDNM results | truth) into `--out`.
 
     python bench/quality.py [--model ddnm-small-32] [--steps 100] [--samples 4] [--out bench]
 """
@@ -88,10 +88,15 @@ def methods(args: argparse.Namespace) -> dict[str, tuple[SamplerOptions, int]]:
     """The DDNM runs compared: name -> (options, number of draws averaged)."""
     paper = SamplerOptions(steps=args.steps, eta=args.eta)
     clipped = dataclasses.replace(paper, clip_x0=True)
+    ancestral = dataclasses.replace(clipped, eta=1.0)
+    travel = dataclasses.replace(
+        ancestral, travel_length=args.travel_length, travel_repeat=args.travel_repeat
+    )
     return {
         "DDNM": (paper, 1),
-        "DDNM, x0 clipped": (clipped, 1),
-        f"DDNM, x0 clipped, mean of {args.samples}": (clipped, args.samples),
+        "DDNM, clip": (clipped, 1),
+        "DDNM, clip, η 1, travel": (travel, 1),
+        f"DDNM, clip, η 1, mean of {args.samples}": (ancestral, args.samples),
     }
 
 
@@ -180,15 +185,20 @@ def report(results: dict[str, dict], args: argparse.Namespace, n: int) -> str:
         "A⁺y's; time: wall seconds for all crops in one batch on "
         f"{args.threads} CPU thread(s).",
         "",
-        "Methods: 'DDNM' is the paper's sampler, one draw. 'x0 clipped' limits x_{0|t} to "
-        "[-1, 1] before the range-space correction (`clip_x0`, the service's default). "
+        f"Methods: 'DDNM' is the paper's sampler (eta {args.eta}, no time travel, x_{{0|t}} "
+        "not clipped), one draw. 'clip' limits x_{0|t} to [-1, 1] before the range-space "
+        "correction (`clip_x0`, the service's default). 'η 1' steps with fresh noise only "
+        "(ancestral sampling). 'travel' is time travel (paper Sec. 3.4) with jump length "
+        f"l = {args.travel_length} steps and r = {args.travel_repeat} repeats (about "
+        f"{args.travel_repeat} times the network calls of one run), one draw. "
         f"'mean of {args.samples}' averages that many draws (`samples` in the task spec, "
         "`ddnm.sampling.posterior_mean`): an estimate of the posterior mean E[x | y], which "
-        "minimises the expected squared error, so it is the setting to use when PSNR is what "
-        "counts; one draw is sharper but adds the posterior variance to its error.",
+        "minimises the expected squared error; one draw is sharper but adds the posterior "
+        "variance to its error.",
         "",
         "Regenerate: `python bench/quality.py "
         f"--model {args.model} --steps {args.steps} --samples {args.samples} "
+        f"--travel-length {args.travel_length} --travel-repeat {args.travel_repeat} "
         f"--crops {args.crops} --seed {args.seed} --threads {args.threads}`",
         "",
         "| task | method | PSNR (dB) | SSIM | better than A⁺y (PSNR) | consistency (max) | "
@@ -213,6 +223,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--eta", type=float, default=0.85)
     parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--travel-length", type=int, default=10)
+    parser.add_argument("--travel-repeat", type=int, default=3)
     parser.add_argument("--crops", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)

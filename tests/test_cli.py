@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from ddnm.cli import main
-from ddnm.commands.restore import parse_op
+from ddnm.commands.restore import parse_op, parse_travel
 from ddnm.imaging import load_image
 from ddnm.models import load_network
 from tests.test_training import TINY
@@ -46,6 +46,13 @@ def test_parse_op() -> None:
     for bad in ("upsample:4", "downsample", "downsample:x", "grayscale:2"):
         with pytest.raises(ValueError, match="--op"):
             parse_op(bad)
+
+
+def test_parse_travel() -> None:
+    assert parse_travel("10:3") == {"length": 10, "repeat": 3}
+    for bad in ("10", "10:x", "1:2:3", "-1:2"):
+        with pytest.raises(ValueError, match="--travel"):
+            parse_travel(bad)
 
 
 def test_restore_simulated_super_resolution(
@@ -91,16 +98,22 @@ def test_restore_samples_and_clipping(
     small_model: Path, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--samples 3 averages three draws (a different, still consistent image); --no-clip-x0
-    runs the paper's unclipped sampler (a different image again)."""
+    runs the paper's unclipped sampler, --travel 1:2 time travel (different images again)."""
     argv = ["restore", str(photo), "--op", "grayscale", "--simulate", "--steps", "3"]
     argv += ["--model", str(small_model)]
     results = {}
-    for name, extra in {"one": [], "mean": ["--samples", "3"], "raw": ["--no-clip-x0"]}.items():
+    variants = {
+        "one": [],
+        "mean": ["--samples", "3"],
+        "raw": ["--no-clip-x0"],
+        "travel": ["--travel", "1:2"],
+    }
+    for name, extra in variants.items():
         assert main([*argv, *extra, "-o", str(tmp_path / f"{name}.png")]) == 0
         assert printed_consistency(capsys.readouterr().out) < 1e-4
         results[name] = load_image(tmp_path / f"{name}.png")
-    assert not np.array_equal(results["one"], results["mean"])
-    assert not np.array_equal(results["one"], results["raw"])
+    for name in ("mean", "raw", "travel"):
+        assert not np.array_equal(results["one"], results[name])
 
 
 def write_mask(path: Path, hole: tuple[slice, slice]) -> None:
@@ -128,6 +141,7 @@ def test_restore_errors(small_model: Path, photo: Path, tmp_path: Path) -> None:
     assert main(["restore", str(photo), "--op", "downsample:3", "--simulate", *model]) == 2
     assert main(["restore", str(photo), "--op", "denoise", "--steps", "0", *model]) == 2
     assert main(["restore", str(photo), "--op", "denoise", "--samples", "0", *model]) == 2
+    assert main(["restore", str(photo), "--op", "denoise", "--travel", "3", *model]) == 2
     assert not Path(out).exists()
 
 

@@ -4,6 +4,8 @@
     ddnm restore GREY.png --op grayscale -o OUT.png                   # colorization
     ddnm restore HOLED.png --op inpaint --mask M.png -o OUT.png       # inpainting (white = known)
     ddnm restore PHOTO.png --op downsample:4 --simulate -o OUT.png    # degrade PHOTO, restore it
+    ddnm restore GREY.png --op grayscale --eta 1 --travel 10:3 -o OUT.png   # with time travel
+    ddnm restore GREY.png --op grayscale --samples 8 -o OUT.png       # mean of 8 restorations
 
 IN.png is the observation y (as an image), unless --simulate: then IN.png is the clean image x, the
 command forms y = A x (+ sigma_y noise) itself and evaluates the result against x. `--op` takes
@@ -49,6 +51,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sigma-y", type=float, default=0.0, help="noise std, pixel scale [0, 1]")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--eta", type=float, default=0.85)
+    parser.add_argument(
+        "--travel",
+        default="1:1",
+        metavar="L:R",
+        help="time travel: jump back L steps, sample each stretch R times (default 1:1, none)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--samples",
@@ -95,6 +103,14 @@ def parse_op(text: str) -> dict[str, Any]:
     if params:
         raise ValueError(f"--op {name} takes no argument, got {text!r}")
     return {"op": name}
+
+
+def parse_travel(text: str) -> dict[str, int]:
+    """`L:R` -> the task spec's travel settings."""
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"--travel takes L:R (jump length and repeats), e.g. 10:3; got {text!r}")
+    return {"length": int(parts[0]), "repeat": int(parts[1])}
 
 
 def read_observation(image: np.ndarray, grey: bool) -> Tensor:
@@ -146,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
             "sigma_y": args.sigma_y,
             "steps": args.steps,
             "eta": args.eta,
+            "travel": parse_travel(args.travel),
             "clip_x0": args.clip_x0,
             "samples": args.samples,
             "seed": args.seed,
