@@ -424,7 +424,7 @@ def test_clip_x0_keeps_the_estimate_in_the_data_range():
 
 
 def test_clip_x0_steps_with_the_eps_of_the_clipped_estimate():
-    """Where x_{0|t} is in range clipping changes nothing (bit for bit); the ε it implies puts
+    """Where x_{0|t} is in range clipping changes nothing (up to rounding); the ε it implies puts
     x_t back together: x_t = sqrt(ᾱ) x0 + sqrt(1 - ᾱ) ε."""
     op = SuperResolution(2)
     y, opts = op.A(_image(21)), SamplerOptions(steps=5, eta=0.5)
