@@ -1,7 +1,8 @@
 """Held-out restoration quality of a model: DDNM against the A⁺y baseline.
 
-Crops: `--crops` 32 x 32 crops (fixed positions from `--seed`) of images never seen in training
-(skimage.data astronaut, coffee and chelsea, box-downscaled by 4 so that a crop holds structure).
+Crops: `--crops` 32 x 32 crops (fixed positions from `--seed`; the sampler draws from
+`--draw-seed`, by default the same) of images never seen in training (skimage.data astronaut,
+coffee and chelsea, box-downscaled by 4 so that a crop holds structure).
 Tasks, all noise-free (sigma_y = 0): 4x box super-resolution, inpainting of a random 50 % pixel
 mask (one fixed mask), colorization. For every crop and task it records PSNR and SSIM (of the
 8-bit images) of A⁺y and of DDNM, and the consistency figure ||A x0 - y|| / ||y|| of the DDNM
@@ -132,7 +133,7 @@ def evaluate(task: Task, x: Tensor, denoiser: Denoiser, args: argparse.Namespace
     estimates, seconds = {"A⁺y": task.operator.A_pinv(y)}, {}
     for name, (options, samples) in methods(args).items():
         start = time.perf_counter()
-        estimates[name] = restore(task, y, denoiser, options, samples, args.seed)
+        estimates[name] = restore(task, y, denoiser, options, samples, args.draw_seed)
         seconds[name] = time.perf_counter() - start
     return {
         "scores": {name: scores(task, x, y, e) for name, e in estimates.items()},
@@ -142,10 +143,11 @@ def evaluate(task: Task, x: Tensor, denoiser: Denoiser, args: argparse.Namespace
 
 
 def contact_sheet(results: dict[str, dict], path: Path) -> None:
-    """Per task SHEET_ROWS rows of degraded | A⁺y | DDNM methods | truth, magnified ZOOM times."""
+    """Per task SHEET_ROWS rows (fewer if there are fewer crops) of degraded | A⁺y | DDNM
+    methods | truth, magnified ZOOM times."""
     rows = []
     for result in results.values():
-        for i in range(SHEET_ROWS):
+        for i in range(min(SHEET_ROWS, len(result["sheet"][0]))):
             tiles = [to_uint8(column[i]) for column in result["sheet"]]
             gap = np.full((SIZE, 2, 3), 255, np.uint8)
             rows.append(np.concatenate([t for tile in tiles for t in (tile, gap)], axis=1))
@@ -179,11 +181,11 @@ def report(results: dict[str, dict], args: argparse.Namespace, n: int) -> str:
         "",
         f"Model `{args.model}`, {n} held-out 32 x 32 crops ({', '.join(HELD_OUT)} from "
         f"skimage.data, downscaled {DOWNSCALE}x; never in the training set), DDNM with "
-        f"{args.steps} steps, eta {args.eta}, sigma_y 0, seed {args.seed}. PSNR / SSIM on the "
-        "8-bit images, mean over crops; consistency = ||A x0 - y|| / ||y|| before 8-bit "
-        "rounding, max over crops; 'better' counts the crops where the method's PSNR beats "
-        "A⁺y's; time: wall seconds for all crops in one batch on "
-        f"{args.threads} CPU thread(s).",
+        f"{args.steps} steps, eta {args.eta}, sigma_y 0, seed {args.seed} (crops, mask), "
+        f"draw seed {args.draw_seed}. PSNR / SSIM on the 8-bit images, mean over crops; "
+        "consistency = ||A x0 - y|| / ||y|| before 8-bit rounding, max over crops; 'better' "
+        "counts the crops where the method's PSNR beats A⁺y's; time: wall seconds for all "
+        f"crops in one batch on {args.threads} CPU thread(s).",
         "",
         f"Methods: 'DDNM' is the paper's sampler (eta {args.eta}, no time travel, x_{{0|t}} "
         "not clipped), one draw. 'clip' limits x_{0|t} to [-1, 1] before the range-space "
@@ -199,7 +201,8 @@ def report(results: dict[str, dict], args: argparse.Namespace, n: int) -> str:
         "Regenerate: `python bench/quality.py "
         f"--model {args.model} --steps {args.steps} --samples {args.samples} "
         f"--travel-length {args.travel_length} --travel-repeat {args.travel_repeat} "
-        f"--crops {args.crops} --seed {args.seed} --threads {args.threads}`",
+        f"--crops {args.crops} --seed {args.seed} --draw-seed {args.draw_seed} "
+        f"--threads {args.threads}`",
         "",
         "| task | method | PSNR (dB) | SSIM | better than A⁺y (PSNR) | consistency (max) | "
         "time (s) |",
@@ -226,10 +229,13 @@ def main() -> None:
     parser.add_argument("--travel-length", type=int, default=10)
     parser.add_argument("--travel-repeat", type=int, default=3)
     parser.add_argument("--crops", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="crop positions and the mask")
+    parser.add_argument("--draw-seed", type=int, help="sampler draws (default: --seed)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     args = parser.parse_args()
+    if args.draw_seed is None:
+        args.draw_seed = args.seed
     torch.set_num_threads(args.threads)
     x = held_out_crops(args.crops, args.seed)
     denoiser = as_denoiser(load_model(args.model))
