@@ -116,6 +116,26 @@ def test_restore_samples_and_clipping(
         assert not np.array_equal(results["one"], results[name])
 
 
+def test_restore_sampler_defaults_are_the_task_specs(
+    small_model: Path, photo: Path, tmp_path: Path
+) -> None:
+    """Without sampler flags the command runs the task spec's defaults: spelling them out gives
+    the same image."""
+    from contract.spec import TaskSpec
+
+    d = TaskSpec.model_fields
+    spelled = ["--eta", str(d["eta"].default), "--sigma-y", str(d["sigma_y"].default)]
+    spelled += ["--samples", str(d["samples"].default)]
+    spelled += ["--clip-x0" if d["clip_x0"].default else "--no-clip-x0"]
+    travel = d["travel"].default
+    spelled += ["--travel", f"{travel.length}:{travel.repeat}"]
+    argv = ["restore", str(photo), "--op", "grayscale", "--simulate", "--steps", "3"]
+    argv += ["--model", str(small_model)]
+    assert main([*argv, "-o", str(tmp_path / "bare.png")]) == 0
+    assert main([*argv, *spelled, "-o", str(tmp_path / "spelled.png")]) == 0
+    assert np.array_equal(load_image(tmp_path / "bare.png"), load_image(tmp_path / "spelled.png"))
+
+
 def write_mask(path: Path, hole: tuple[slice, slice]) -> None:
     """A 32x32 mask PNG: white (known) except the black `hole`."""
     mask = np.full((32, 32), 255, np.uint8)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "ddnm-small-32"
 SUPPORTED_OPS = ("downsample", "blur", "grayscale", "inpaint", "denoise")
+SAMPLER_SETTINGS = ("sigma_y", "steps", "eta", "travel", "samples", "clip_x0")  # spec fields
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -48,28 +49,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "inpaint, denoise",
     )
     parser.add_argument("--mask", type=Path, help="inpainting mask image (white = known pixel)")
-    parser.add_argument("--sigma-y", type=float, default=0.0, help="noise std, pixel scale [0, 1]")
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--eta", type=float, default=0.85)
+    # sampler settings: the task spec's defaults unless given (contract.spec.TaskSpec)
+    parser.add_argument("--sigma-y", type=float, help="noise std, pixel scale [0, 1] (0)")
+    parser.add_argument("--steps", type=int, help="sampling steps (100)")
+    parser.add_argument("--eta", type=float, help="share of fresh noise per step (0.85)")
     parser.add_argument(
         "--travel",
-        default="1:1",
         metavar="L:R",
-        help="time travel: jump back L steps, sample each stretch R times (default 1:1, none)",
+        help="time travel: jump back L steps, sample each stretch R times (1:1, none)",
     )
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--samples",
         type=int,
-        default=1,
-        help="average this many restorations: the estimate of highest expected PSNR (default 1)",
+        help="average this many restorations: the estimate of highest expected PSNR (1)",
     )
     parser.add_argument(
         "--clip-x0",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="clip x0|t to [-1, 1] at every step (default: on)",
+        help="clip x0|t to [-1, 1] at every step (on)",
     )
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--model", default=DEFAULT_MODEL, help="registered model name or a .safetensors path"
     )
@@ -156,15 +155,13 @@ def run(args: argparse.Namespace) -> int:
     from ddnm.schedules import linear_schedule
     from ddnm.tasks import as_image, chain_operator, consistency, in_range, sampler_options
 
+    given = {name: getattr(args, name) for name in SAMPLER_SETTINGS}
+    if args.travel is not None:
+        given["travel"] = parse_travel(args.travel)
     spec = TaskSpec.model_validate(
         {
             "degradations": [parse_op(op) for op in args.op],
-            "sigma_y": args.sigma_y,
-            "steps": args.steps,
-            "eta": args.eta,
-            "travel": parse_travel(args.travel),
-            "clip_x0": args.clip_x0,
-            "samples": args.samples,
+            **{name: value for name, value in given.items() if value is not None},
             "seed": args.seed,
             "model": args.model,
         }

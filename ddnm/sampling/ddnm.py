@@ -128,13 +128,19 @@ def posterior_mean(
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
-    total: Tensor | None = None
-    for k in range(samples):
-        relay = None if callback is None else _counted(callback, k, samples)
-        x = sample(denoiser, schedule, operator, y, options, generator=generator, callback=relay)
-        total = x if total is None else total + x
-    assert total is not None
-    return total / samples
+    draws = [
+        sample(
+            denoiser,
+            schedule,
+            operator,
+            y,
+            options,
+            generator=generator,
+            callback=None if callback is None else _counted(callback, k, samples),
+        )
+        for k in range(samples)
+    ]
+    return torch.stack(draws).mean(dim=0)
 
 
 def _counted(
