@@ -30,14 +30,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ddnm.commands.restore import load_model
 from ddnm.imaging import to_tensor, to_uint8
 from ddnm.metrics import psnr, ssim
-from ddnm.models.adapters import as_denoiser
 from ddnm.operators import Colorization, Inpainting, SuperResolution
 from ddnm.operators.base import LinearOperator
-from ddnm.sampling import Denoiser, SamplerOptions, posterior_mean
+from ddnm.sampling import EpsModel, SamplerOptions, posterior_mean
 from ddnm.schedules import linear_schedule
+from pipeline.models import load_named
 
 HELD_OUT = ("astronaut", "coffee", "chelsea")
 DOWNSCALE = 4
@@ -102,7 +101,7 @@ def methods(args: argparse.Namespace) -> dict[str, tuple[SamplerOptions, int]]:
 
 
 def restore(
-    task: Task, y: Tensor, denoiser: Denoiser, options: SamplerOptions, samples: int, seed: int
+    task: Task, y: Tensor, denoiser: EpsModel, options: SamplerOptions, samples: int, seed: int
 ) -> Tensor:
     generator = torch.Generator().manual_seed(seed)
     return posterior_mean(
@@ -126,7 +125,7 @@ def scores(task: Task, x: Tensor, y: Tensor, estimate: Tensor) -> list[dict[str,
     return rows
 
 
-def evaluate(task: Task, x: Tensor, denoiser: Denoiser, args: argparse.Namespace) -> dict:
+def evaluate(task: Task, x: Tensor, denoiser: EpsModel, args: argparse.Namespace) -> dict:
     """Scores of A⁺y and of each DDNM method for one task, seconds per method, and the
     contact-sheet columns."""
     y = task.operator.A(x)
@@ -238,7 +237,7 @@ def main() -> None:
         args.draw_seed = args.seed
     torch.set_num_threads(args.threads)
     x = held_out_crops(args.crops, args.seed)
-    denoiser = as_denoiser(load_model(args.model))
+    denoiser = load_named(args.model, None).eps
     results = {}
     for task in tasks(args.seed):
         results[task.name] = evaluate(task, x, denoiser, args)

@@ -20,6 +20,7 @@ chain (adding sigma_y noise) and reports PSNR / SSIM of the restoration against 
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -215,6 +216,17 @@ class TaskSpec(BaseModel):
         else the observation y."""
         y_shape = self.y_shape(x_shape)
         return x_shape if self.evaluate else y_shape
+
+    def x_shape(self, upload_size: tuple[int, int]) -> Shape:
+        """Shape of the restored image for an upload of (height, width): the upload's own size
+        in evaluate mode, else the observation's scaled up by the chain's downsampling factors
+        (the inverse of `upload_shape`); ValueError if the chain cannot take that image."""
+        scale = 1
+        if not self.evaluate:
+            scale = math.prod(d.factor for d in self.degradations if isinstance(d, Downsample))
+        shape = (3, upload_size[0] * scale, upload_size[1] * scale)
+        self.y_shape(shape)
+        return shape
 
     def mask_size(self, x_shape: Shape) -> tuple[int, int] | None:
         """(height, width) the inpainting mask must have (the image size where inpaint acts)."""

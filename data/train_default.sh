@@ -9,6 +9,6 @@ RUN=${1:-runs/ddnm-small-32}
 shift || true
 python=${PYTHON:-.venv/bin/python}
 "$python" data/assemble.py "$RUN/images"
-"$python" -m ddnm.cli train --data "$RUN/images" --out "$RUN" --config data/ddnm_small_32.json \
+"$python" -m cli.main train --data "$RUN/images" --out "$RUN" --config data/ddnm_small_32.json \
     --steps 2800 --batch-size 16 --lr 3e-4 --ema 0.999 --seed 0 --threads 1 \
     --checkpoint-every 200 "$@"

@@ -14,6 +14,7 @@ RUN pip install --no-cache-dir torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY ddnm ddnm
 COPY contract contract
+COPY pipeline pipeline
 COPY worker worker
 RUN pip install --no-cache-dir ".[worker]"
 

@@ -53,7 +53,7 @@ def reference_dir() -> Path:
 def redis_url() -> Iterator[str]:
     """A private redis-server on a free loopback port, for the tests that need a real Redis
     (each flushes it first); tests that stop or restart Redis start their own."""
-    from service.embedded import RedisServer
+    from cli.embedded import RedisServer
 
     with RedisServer() as url:
         yield url

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from ddnm.cli import main
-from ddnm.commands.restore import parse_op, parse_travel
+from cli.main import main
+from cli.restore import parse_op, parse_travel
 from ddnm.imaging import load_image
 from ddnm.models import load_network
 from tests.test_training import TINY

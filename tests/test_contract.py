@@ -17,7 +17,7 @@ from contract.jobs import JOBS_COUNTER_KEY, JobRecord, Status, job_key, transiti
 from contract.settings import Settings
 from contract.spec import TaskSpec
 from ddnm.schedules import check_travel
-from ddnm.tasks import chain_operator
+from pipeline.tasks import chain_operator
 
 OLD_PHOTO = {
     "degradations": [
@@ -236,3 +236,24 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `(DDNM_[A-Z_]+)` \|", section, re.MULTILINE))
     assert documented == {f"DDNM_{name.upper()}" for name in Settings.model_fields}
+
+
+def test_the_restored_size_follows_from_the_upload() -> None:
+    """x_shape inverts upload_shape: the observation times the downsampling factors, or the
+    upload itself in evaluate mode; a size the chain cannot take is refused."""
+    old_photo = TaskSpec.model_validate(
+        {
+            "degradations": [
+                {"op": "inpaint"},
+                {"op": "grayscale"},
+                {"op": "downsample", "factor": 2},
+                {"op": "downsample", "factor": 4},
+            ]
+        }
+    )
+    assert old_photo.x_shape((8, 12)) == (3, 64, 96)
+    assert old_photo.upload_shape(old_photo.x_shape((8, 12))) == (1, 8, 12)
+    evaluate = old_photo.model_copy(update={"evaluate": True})
+    assert evaluate.x_shape((64, 96)) == (3, 64, 96)
+    with pytest.raises(ValueError, match="does not divide"):
+        evaluate.x_shape((60, 96))

@@ -80,7 +80,7 @@ def test_class_label_reaches_a_class_conditional_network(inputs):
     x, t = inputs
     net = _perturbed(load_network(None, arch="adm", config={**SMALL_UNET, "class_cond": True}), 3)
     with pytest.raises(ValueError, match="class_label is required"):
-        as_denoiser(net)
+        as_denoiser(net)(x, t)
     eps_7 = as_denoiser(net, class_label=7)(x, t)
     with torch.no_grad():
         assert torch.equal(eps_7, net(x, t, torch.tensor([7, 7]))[:, :3])
@@ -180,3 +180,25 @@ def test_class_label_is_checked_against_the_networks_classes(inputs):
     with pytest.raises(ValueError, match=r"\[0, 9\]"):
         as_denoiser(net, class_label=10)
     assert as_denoiser(net, class_label=9)(x, t).shape == (2, 3, 16, 16)
+
+
+def test_labels_and_guidance_scales_come_per_sample_with_each_call(inputs):
+    """One forward serves samples of different jobs: sample 0 unguided (scale 0), sample 1
+    guided towards its own label at its own scale, each as if called alone with its settings."""
+    x, t = inputs
+    net = _perturbed(load_network(None, arch="adm", config=SMALL_UNET), 8)
+    classifier = _perturbed(load_network(None, arch="adm_classifier", config=SMALL_CLASSIFIER), 9)
+    schedule = linear_schedule()
+    eps = as_denoiser(net, classifier=classifier, schedule=schedule)
+    mixed = eps(x, t, labels=torch.tensor([281, 7]), scales=torch.tensor([0.0, 3.0]))
+    unguided = as_denoiser(net)(x, t)
+    torch.testing.assert_close(mixed[0], unguided[0])
+    alone = as_denoiser(
+        net, class_label=7, classifier=classifier, classifier_scale=3.0, schedule=schedule
+    )
+    torch.testing.assert_close(mixed[1:], alone(x[1:], t[1:]))
+    assert (mixed[1] - unguided[1]).abs().max() > 1e-4  # the guidance did act on sample 1
+    with pytest.raises(ValueError, match="scales must be >= 0"):
+        eps(x, t, labels=torch.tensor([1, 2]), scales=torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match="needs a class_label"):
+        eps(x, t, scales=torch.tensor([1.0, 1.0]))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from ddnm.cli import main
+from cli.main import main
 from ddnm.models import convert_checkpoint, load_network, read_state_dict
 from tests.conftest import fixture_files
 

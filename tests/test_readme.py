@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ddnm.cli import main
+from cli.main import main
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text()

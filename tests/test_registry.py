@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddnm.cli import main
+from cli.main import main
 from ddnm.models import load_network, load_registered
 from ddnm.models.registry import (
     PACKAGED_WEIGHTS,

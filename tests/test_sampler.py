@@ -24,7 +24,7 @@ from ddnm.operators import (
     compose,
     gaussian_kernel,
 )
-from ddnm.sampling import SamplerOptions, StepInfo, posterior_mean, sample
+from ddnm.sampling import SamplerOptions, StepInfo, posterior_mean, sample, spawn
 from ddnm.sampling import steps as S
 from ddnm.schedules import linear_schedule, timestep_pairs
 
@@ -192,17 +192,17 @@ def test_callback_sees_every_step_and_can_stop_the_run():
     assert [(i.step, i.total) for i in seen] == [(1, 8), (2, 8), (3, 8)]
 
 
-def test_learned_sigma_output_keeps_the_first_channels():
+def test_eps_of_another_shape_is_refused():
+    """The run takes ε of x_t's shape only: the learned-variance split is the model adapters'
+    (tests/test_models_adapters.py), a 2C-channel output reaching the sampler is an error."""
     net = BoundedNet()
 
     def six(x_t, t):
-        return torch.cat([net(x_t, t), torch.full_like(x_t, 1e6)], dim=1)
+        return torch.cat([net(x_t, t), torch.zeros_like(x_t)], dim=1)
 
     op = Identity()
-    y, opts = _image(10), SamplerOptions(steps=4)
-    a = sample(six, SCHEDULE, op, y, opts, generator=torch.Generator().manual_seed(0))
-    b = sample(net, SCHEDULE, op, y, opts, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"ε of shape \(1, 3, 16, 16\), got \(1, 6, 16, 16\)"):
+        sample(six, SCHEDULE, op, _image(10), SamplerOptions(steps=4), generator=torch.Generator())
 
 
 # ---- bad input ------------------------------------------------------------------------
@@ -438,16 +438,15 @@ def test_clip_x0_steps_with_the_eps_of_the_clipped_estimate():
 
 
 def test_posterior_mean_is_the_mean_of_independent_draws():
-    """samples = 1 is `sample` with the same draws; samples = K the mean of K runs drawing from
-    the generator in turn (a per-image mask batch included), each draw different, the mean
-    consistent with y; the callback counts steps over all runs."""
+    """samples = 1 is `sample` with the same generator; samples = K the mean of K runs, run k
+    drawing from child k of `spawn(generator, K)` (a per-image mask batch included), each draw
+    different, the mean consistent with y; the callback follows the common steps once."""
     op = Inpainting(torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1)) > 0.5)
     y, opts = op.A(torch.cat([_image(22), _image(23)])), SamplerOptions(steps=5)
     seeded = torch.Generator().manual_seed
     one = posterior_mean(BoundedNet(), SCHEDULE, op, y, opts, 1, generator=seeded(4))
     torch.testing.assert_close(one, _run(op, y, opts, generator=seeded(4)), rtol=0, atol=0)
-    tape = seeded(4)
-    draws = [_run(op, y, opts, generator=tape) for _ in range(3)]
+    draws = [_run(op, y, opts, generator=child) for child in spawn(seeded(4), 3)]
     steps: list[tuple[int, int]] = []
     mean = posterior_mean(
         BoundedNet(),
@@ -462,7 +461,7 @@ def test_posterior_mean_is_the_mean_of_independent_draws():
     torch.testing.assert_close(mean, sum(draws) / 3, rtol=0, atol=1e-6)
     assert float((draws[0] - draws[2]).abs().max()) > 1e-2  # the draws differ
     assert float((op.A(mean) - y).abs().max()) < 1e-6
-    assert steps == [(k, 15) for k in range(1, 16)]
+    assert steps == [(k, 5) for k in range(1, 6)]
 
 
 @pytest.mark.parametrize("samples", [0, -1, 2.0, True])

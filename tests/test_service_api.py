@@ -23,6 +23,7 @@ from PIL import Image
 from redis import Redis
 from skimage import data
 
+from cli.embedded import REPO, RedisServer
 from contract.jobs import (
     IDEMPOTENCY_KEY,
     MODELS_KEY,
@@ -33,7 +34,6 @@ from contract.jobs import (
     queue_name,
 )
 from contract.settings import Settings
-from service.embedded import REPO, RedisServer
 from service.jobs import ADMISSION_LEASE_S
 from service.main import create_app
 
@@ -197,9 +197,9 @@ def client(redis: Redis, redis_url: str) -> Iterator[TestClient]:
 
 def test_service_never_imports_torch() -> None:
     code = (
-        "import sys; import contract, service.main, service.embedded, ddnm.cli;"
+        "import sys; import contract, service.main, cli.embedded, cli.main;"
         "from contract.settings import Settings; service.main.create_app(Settings());"
-        "ddnm.cli.build_parser();"
+        "cli.main.build_parser();"
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

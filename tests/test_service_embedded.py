@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cli.embedded import REPO, RedisServer, Stack, free_port, port_open
 from contract.settings import DEFAULT_MODEL
-from service.embedded import REPO, RedisServer, Stack, free_port, port_open
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -46,7 +46,7 @@ def test_ddnm_serve_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> Non
     env["OMP_NUM_THREADS"] = "1"
     log = (tmp_path / "serve.log").open("wb")
     serve = subprocess.Popen(
-        [sys.executable, "-m", "ddnm.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

@@ -17,11 +17,11 @@ from httpx import Client
 from PIL import Image
 from redis import Redis
 
+from cli.embedded import Stack, free_port, stop_processes, wait_for
 from contract.jobs import JOBS_COUNTER_KEY, job_key, queue_name
 from contract.spec import TaskSpec
 from ddnm import imaging
-from ddnm.tasks import chain_operator
-from service.embedded import Stack, free_port, stop_processes, wait_for
+from pipeline.tasks import chain_operator
 from tests.conftest import FIXTURE_MODEL_ENV
 from tests.test_service_api import (
     BAD_INPUTS,

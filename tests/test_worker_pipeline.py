@@ -1,4 +1,4 @@
-"""The worker's job pipeline without Redis or Celery: spec -> library operators, uploads ->
+"""The job pipeline (`pipeline/`) without Redis or Celery: spec -> library operators, uploads ->
 tensors, the final projection into [-1, 1], and whole runs with the small reference network."""
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from contract.settings import DEFAULT_MODEL, Settings
 from contract.spec import TaskSpec
 from ddnm import imaging, metrics, operators
 from ddnm.models.registry import checkpoint_path, get_entry, sha256_file
+from ddnm.results import into_box
 from ddnm.sampling import SamplerOptions, StepInfo
-from ddnm.tasks import chain_operator, into_box, sampler_options
+from pipeline.job import read_upload, restore
+from pipeline.models import ServedModel, load_model
+from pipeline.tasks import chain_operator, sampler_options
 from tests.conftest import FIXTURE_MODEL_ENV
 from tests.test_service_api import MASK, box_downsample, crop, png
-from worker.models import ServedModel, load_model
-from worker.pipeline import read_upload, restore
 from worker.records import JobCanceled
 
 torch.set_num_threads(1)
@@ -155,13 +156,14 @@ def test_restore_is_consistent_and_reproducible(model: ServedModel) -> None:
 
 
 def test_samples_average_restorations(model: ServedModel) -> None:
-    """samples = 3: three runs (progress counts all their steps), averaged; still consistent,
-    and smoother than one draw (the mean of differing draws has less pixel variance)."""
+    """samples = 3: three runs in one batch (progress counts their common steps), averaged;
+    still consistent, and smoother than one draw (the mean of differing draws has less pixel
+    variance)."""
     y = box_downsample(crop(), 4).round().astype(np.uint8)
     s = spec({"op": "downsample", "factor": 4}, steps=4, samples=3)
     seen: list[tuple[int, int]] = []
     mean = restore(model, s, png(y), None, callback=lambda i: seen.append((i.step, i.total)))
-    assert seen == [(k, 12) for k in range(1, 13)]
+    assert seen == [(k, 4) for k in range(1, 5)]
     assert mean.consistency < 1e-4
     one = restore(model, s.model_copy(update={"samples": 1}), png(y), None)
     images = [np.asarray(Image.open(io.BytesIO(r.png)), np.float64) for r in (mean, one)]

@@ -10,8 +10,8 @@ import sys
 import pytest
 from redis import Redis
 
+from cli.embedded import REPO, RedisServer, wait_for
 from contract.jobs import MODELS_KEY, WORKER_KEY, Heartbeat
-from service.embedded import REPO, RedisServer, wait_for
 from tests.conftest import FIXTURE_MODEL_ENV
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -17,10 +17,10 @@ from redis.retry import Retry
 
 from contract.jobs import MODELS_KEY, queue_name
 from contract.settings import Settings
+from pipeline.models import ServedModel, load_model
 from worker import tasks
 from worker.celery_app import configure
 from worker.heartbeat import HeartbeatThread, worker_id
-from worker.models import ServedModel, load_model
 
 log = logging.getLogger("worker")
 LOAD_RETRY_S = 30.0

@@ -1,4 +1,4 @@
-"""The restore task: thin glue between the job record and `pipeline.restore`."""
+"""The restore task: thin glue between the job record and the job pipeline (`pipeline.job`)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from redis import Redis
 from contract.jobs import TASK_NAME, job_key
 from contract.settings import Settings
 from contract.spec import TaskSpec
-from worker import pipeline
+from pipeline.job import restore as run_job
+from pipeline.models import ServedModel
 from worker.celery_app import app
 from worker.heartbeat import HeartbeatThread
-from worker.models import ServedModel
 from worker.records import JobCanceled, JobRun, JobTimedOut, WorkerStopping
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def restore(job_id: str) -> None:
             raise ValueError("the uploaded image has expired; submit the job again")
         spec = TaskSpec.model_validate_json(record.spec)
         mask = rt.redis.get(job_key(job_id, "mask")) if spec.has_mask else None
-        result = pipeline.restore(rt.model, spec, image, mask, callback=run.on_step)  # type: ignore[arg-type]
+        result = run_job(rt.model, spec, image, mask, callback=run.on_step)  # type: ignore[arg-type]
     except JobCanceled:
         run.cancel()
     except JobTimedOut as err:

@@ -1,6 +1,31 @@
-"""DDNM / DDNM+ samplers: options, the step pieces and the loop."""
+"""DDNM / DDNM+ samplers: options, the step pieces, the run and its drivers."""
 
-from ddnm.sampling.ddnm import Denoiser, StepInfo, posterior_mean, sample
+from ddnm.sampling.batching import finish, lockstep, spawn
+from ddnm.sampling.calls import EpsModel, NetCall, Run
+from ddnm.sampling.ddnm import (
+    Pin,
+    StepInfo,
+    posterior_mean,
+    posterior_mean_run,
+    run,
+    sample,
+    step,
+)
 from ddnm.sampling.options import SamplerOptions
 
-__all__ = ["Denoiser", "SamplerOptions", "StepInfo", "posterior_mean", "sample"]
+__all__ = [
+    "EpsModel",
+    "NetCall",
+    "Pin",
+    "Run",
+    "SamplerOptions",
+    "StepInfo",
+    "finish",
+    "lockstep",
+    "posterior_mean",
+    "posterior_mean_run",
+    "run",
+    "sample",
+    "spawn",
+    "step",
+]

@@ -27,7 +27,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.embedded import Stack
+    from cli.embedded import Stack
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)

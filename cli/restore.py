@@ -13,22 +13,23 @@ command forms y = A x (+ sigma_y noise) itself and evaluates the result against 
 --op form a chain in the order the degradations hit the image (e.g. --op inpaint --op grayscale
 --op downsample:4). They are the degradations of the task spec (`contract.spec`), which validates
 them and the sampler settings.
-The result is saved as the worker saves it (`ddnm.tasks.as_image`: in [0, 255], consistent with y
-where the range allows), and the command prints its consistency figure ||A x0 - y|| / ||y|| and,
-with --evaluate or --simulate, PSNR / SSIM against the clean image.
+The job runs through the worker's pipeline (`pipeline.job`): the same size rule, the same result
+(in [0, 255], consistent with y where the range allows); the command prints its consistency
+figure ||A x0 - y|| / ||y|| and, with --evaluate or --simulate, PSNR / SSIM against the clean
+image.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import numpy as np
-    from torch import Tensor, nn
+    from contract.spec import TaskSpec
+    from pipeline.job import Restoration
 
 
 DEFAULT_MODEL = "ddnm-small-32"
@@ -112,112 +113,70 @@ def parse_travel(text: str) -> dict[str, int]:
     return {"length": int(parts[0]), "repeat": int(parts[1])}
 
 
-def read_observation(image: np.ndarray, grey: bool) -> Tensor:
-    """y in image layout from an image file's pixels: the channel mean when the chain ends grey."""
-    from ddnm.imaging import to_tensor
-
-    y = to_tensor(image)
-    return y.mean(dim=1, keepdim=True) if grey else y
-
-
-def load_model(model: str, model_dir: Path | None = None) -> nn.Module:
-    """A registered model by name (downloaded ones looked up in `model_dir`), or a .safetensors
-    file whose header holds its config."""
-    from ddnm import models
-
-    path = Path(model)
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        if not path.is_file():
-            raise FileNotFoundError(f"model file not found: {path}")
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        if "config" not in metadata:
-            raise ValueError(f"{path} has no network config in its header; use a model name")
-        config = json.loads(metadata["config"])
-        return models.load_network(path, arch=metadata.get("arch", "adm"), config=config)
-    network, _entry, _sha = models.load_registered(model, model_dir)
-    return network
-
-
-def run(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
-
-    from contract.spec import Downsample, TaskSpec
-    from ddnm.imaging import load_image, load_mask, mask_to_tensor, save_image, to_tensor, to_uint8
-    from ddnm.metrics import psnr, ssim
-    from ddnm.models.adapters import as_denoiser
-    from ddnm.models.commands import model_dir
-    from ddnm.operators import measure
-    from ddnm.sampling import StepInfo, posterior_mean
-    from ddnm.schedules import linear_schedule
-    from ddnm.tasks import as_image, chain_operator, consistency, in_range, sampler_options
+def task_spec(args: argparse.Namespace) -> TaskSpec:
+    """The task spec of the command line: its ops, the sampler settings given (the spec's
+    defaults for the others), --simulate as evaluate mode."""
+    from contract.spec import TaskSpec
 
     given = {name: getattr(args, name) for name in SAMPLER_SETTINGS}
     if args.travel is not None:
         given["travel"] = parse_travel(args.travel)
-    spec = TaskSpec.model_validate(
+    return TaskSpec.model_validate(
         {
             "degradations": [parse_op(op) for op in args.op],
             **{name: value for name, value in given.items() if value is not None},
             "seed": args.seed,
             "model": args.model,
+            "evaluate": args.simulate,
         }
     )
+
+
+def restore(args: argparse.Namespace, spec: TaskSpec) -> Restoration:
+    """Run the job on this machine, with a progress bar over the sampler's transitions."""
+    from tqdm import tqdm
+
+    from cli.models import model_dir
+    from ddnm.sampling import StepInfo
+    from pipeline.job import restore as run_job
+    from pipeline.models import load_named
+
     if spec.has_mask and args.mask is None:
         raise ValueError("--op inpaint needs --mask M.png (white = known pixel)")
-    mask = mask_to_tensor(load_mask(args.mask)) if args.mask else None
-    image = load_image(args.input)
-    # the restored image is the input (--simulate) or the input scaled up by the downsamplings
-    factors = [d.factor for d in spec.degradations if isinstance(d, Downsample)]
-    scale = 1 if args.simulate else math.prod(factors)
-    height, width = image.shape[0] * scale, image.shape[1] * scale
-    operator = chain_operator(spec, (3, height, width), mask)
-    generator = torch.Generator(args.device).manual_seed(args.seed)
-    if args.simulate:
-        y = measure(operator, to_tensor(image).to(args.device), spec.sigma_y, generator)
-    else:
-        y = read_observation(image, any(d.op == "grayscale" for d in spec.degradations))
-        y = in_range(operator, y.to(args.device))
-    _, h, w = operator.x_shape(y)
-    if h % 8 or w % 8:
-        raise ValueError(f"the restored image must have sides divisible by 8, got {h}x{w}")
-
-    network = load_model(spec.model or DEFAULT_MODEL, model_dir(args))
-    denoiser = as_denoiser(network, device=args.device)
-    options = sampler_options(spec)
+    mask = args.mask.read_bytes() if args.mask else None
+    model = load_named(spec.model or DEFAULT_MODEL, model_dir(args), args.device)
     bar = tqdm(desc="restore", unit="step")
 
     def progress(info: StepInfo) -> None:
         bar.total = info.total
         bar.update(1)
 
-    with torch.no_grad():
-        x0 = posterior_mean(
-            denoiser,
-            linear_schedule(),
-            operator,
-            y,
-            options,
-            spec.samples,
-            generator=generator,
-            callback=progress,
-        )
+    result = run_job(model, spec, args.input.read_bytes(), mask, callback=progress)
     bar.close()
-    x0 = as_image(operator, x0, y, spec.sigma_y).cpu()
-    save_image(x0, args.output)
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from ddnm.imaging import load_image
+    from ddnm.metrics import psnr, ssim
+
+    spec = task_spec(args)
+    result = restore(args, spec)
+    Image.fromarray(result.image).save(args.output)
+    height, width = result.image.shape[:2]
     print(
-        f"wrote {args.output} ({w}x{h}); consistency ||A x0 - y|| / ||y|| = "
-        f"{consistency(operator, x0, y.cpu()):.2e}"
+        f"wrote {args.output} ({width}x{height}); consistency ||A x0 - y|| / ||y|| = "
+        f"{result.consistency:.2e}"
     )
-    truth = image if args.simulate else (load_image(args.evaluate) if args.evaluate else None)
-    if truth is not None:
-        restored = to_uint8(x0)
-        if truth.shape != restored.shape:
-            raise ValueError(f"--evaluate image is {truth.shape}, the result {restored.shape}")
-        value = psnr(restored, truth)
+    if args.evaluate is not None and not args.simulate:
+        truth = load_image(args.evaluate)
+        if truth.shape != result.image.shape:
+            raise ValueError(f"--evaluate image is {truth.shape}, the result {result.image.shape}")
+        result = replace(result, psnr=psnr(result.image, truth), ssim=ssim(result.image, truth))
+    if result.psnr is not None:
+        value = result.psnr
         print(f"PSNR {value:.2f} dB" if math.isfinite(value) else "PSNR inf", end="")
-        print(f", SSIM {ssim(restored, truth):.4f}")
+        print(f", SSIM {result.ssim:.4f}")
     return 0

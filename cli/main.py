@@ -1,6 +1,6 @@
 """The `ddnm` command line: restore, serve, train and models.
 
-Each command group lives beside the code it drives and registers itself here through an
+Each command group is a module of this package that registers itself here through an
 `add_parser(subparsers)` function that sets `func` on its parser; heavy imports happen inside the
 command functions so that `ddnm --help` stays fast.
 """
@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 # module paths that provide add_parser(subparsers); a module that is missing is skipped
 COMMAND_MODULES = (
-    "ddnm.commands.restore",
-    "ddnm.commands.serve",
-    "ddnm.commands.train",
-    "ddnm.models.commands",
+    "cli.restore",
+    "cli.serve",
+    "cli.train",
+    "cli.models",
 )
 
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ddnm.training import TrainOptions
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -60,6 +64,19 @@ def _truncate_log(log: Path, step: int) -> None:
     log.write_text("\n".join(kept) + "\n")
 
 
+def train_options(args: argparse.Namespace, config: dict) -> TrainOptions:
+    from ddnm.training import TrainOptions
+
+    return TrainOptions(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        crop_size=args.crop_size or int(config.get("image_size", 32)),
+        lr=args.lr,
+        ema_decay=args.ema,
+        seed=args.seed,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
@@ -71,15 +88,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     config = read_config(args.config)
-    crop_size = args.crop_size or int(config.get("image_size", 32))
-    options = training.TrainOptions(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        crop_size=crop_size,
-        lr=args.lr,
-        ema_decay=args.ema,
-        seed=args.seed,
-    )
+    options = train_options(args, config)
+    crop_size = options.crop_size
     images = training.load_images(args.data, crop_size)
     torch.manual_seed(options.seed)
     network = load_network(args.init, arch=args.arch, config=config).train()

@@ -1,1 +1,0 @@
-"""Command groups of the `ddnm` command line (see ddnm/cli.py)."""

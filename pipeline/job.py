@@ -1,0 +1,141 @@
+"""One job, in two calls, for the worker and `ddnm restore` alike.
+
+    job = prepare(model, spec, image, mask, callback)   spec + uploaded bytes -> a sampler run
+    x = ddnm.sampling.finish(job.run, model.eps)         (or any driver that batches runs)
+    result = job.finish(x)                               x̂ -> PNG, consistency, PSNR / SSIM
+
+`restore` is the three in a row, one job on its own.
+
+The restored size follows from the upload (`TaskSpec.x_shape`); the run is
+`ddnm.sampling.posterior_mean_run` (one draw unless the spec asks for more), and x̂ becomes an
+image in [-1, 1] by `ddnm.results.as_image` (which keeps A x = y where the box allows it).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from contract.spec import TaskSpec
+from ddnm import imaging, metrics, operators
+from ddnm.operators.base import LinearOperator
+from ddnm.results import as_image, consistency, in_range
+from ddnm.sampling import Run, StepInfo, finish, posterior_mean_run
+from pipeline.models import ServedModel
+from pipeline.tasks import chain_operator, sampler_options
+
+SIDE_MULTIPLE = 8  # the networks halve the image three times: sides must divide by 8
+
+
+@dataclass(frozen=True)
+class Restoration:
+    png: bytes
+    image: np.ndarray  # (H, W, 3) uint8, what `png` holds
+    consistency: float  # ||A x - y|| / ||y||
+    psnr: float | None = None  # evaluate mode, against the uploaded image
+    ssim: float | None = None
+
+    def record_fields(self) -> dict[str, float]:
+        """The job record fields it fills (contract.jobs.JobRecord)."""
+        figures = {"consistency": self.consistency, "psnr": self.psnr, "ssim": self.ssim}
+        return {k: v for k, v in figures.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Job:
+    """A prepared job: its sampler run, and what turns the run's x̂ into the result."""
+
+    run: Run
+    finish: Callable[[Tensor], Restoration]
+
+
+def read_upload(data: bytes, channels: int) -> Tensor:
+    """Uploaded image bytes -> (1, channels, H, W) float32 in [-1, 1] (alpha composited onto
+    white). One channel is the mean of the three, what the grayscale operator makes of a colour
+    image."""
+    rgb = imaging.to_tensor(imaging.load_image(io.BytesIO(data)))  # type: ignore[arg-type]
+    return rgb if channels == 3 else rgb.mean(dim=1, keepdim=True)
+
+
+def read_mask(data: bytes) -> Tensor:
+    """Uploaded mask bytes -> (H, W) float32, 1 = known (white) pixel."""
+    return imaging.mask_to_tensor(imaging.load_mask(io.BytesIO(data)))  # type: ignore[arg-type]
+
+
+def encode_png(x: Tensor) -> tuple[bytes, np.ndarray]:
+    """(1, 3, H, W) in [-1, 1] -> PNG bytes and the (H, W, 3) uint8 image they hold."""
+    image = imaging.to_uint8(x)
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    return png.getvalue(), image
+
+
+def prepare(
+    model: ServedModel,
+    spec: TaskSpec,
+    image: bytes,
+    mask: bytes | None,
+    callback: Callable[[StepInfo], None] | None = None,
+) -> Job:
+    """The job `spec` on the uploaded `image` (and `mask`): its run on `model`, and its finish.
+    Raises ValueError when the upload does not fit the spec."""
+    assert spec.seed is not None
+    generator = torch.Generator(model.device).manual_seed(spec.seed)
+    upload = read_upload(image, 3)
+    x_shape = spec.x_shape(tuple(upload.shape[2:]))  # type: ignore[arg-type]
+    if x_shape[1] % SIDE_MULTIPLE or x_shape[2] % SIDE_MULTIPLE:
+        raise ValueError(
+            f"the restored image must have sides divisible by {SIDE_MULTIPLE}, "
+            f"got {x_shape[1]}x{x_shape[2]}"
+        )
+    operator = chain_operator(spec, x_shape, None if mask is None else read_mask(mask))
+    if spec.upload_shape(x_shape)[0] == 1:
+        upload = upload.mean(dim=1, keepdim=True)
+    upload = upload.to(model.device)
+    y = operators.measure(operator, upload, spec.sigma_y, generator) if spec.evaluate else upload
+    y = in_range(operator, y)
+    run = posterior_mean_run(
+        model.schedule,
+        operator,
+        y,
+        sampler_options(spec),
+        spec.samples,
+        generator=generator,
+        labels=spec.class_label,
+        scales=spec.guidance_scale,
+        callback=callback,
+    )
+    truth = imaging.to_uint8(upload) if spec.evaluate else None
+    return Job(run, partial(_finish, operator, y, spec.sigma_y, truth))
+
+
+def restore(
+    model: ServedModel,
+    spec: TaskSpec,
+    image: bytes,
+    mask: bytes | None,
+    callback: Callable[[StepInfo], None] | None = None,
+) -> Restoration:
+    """The job run on its own, to its end: `prepare`, then its run driven by `model`."""
+    job = prepare(model, spec, image, mask, callback)
+    return job.finish(finish(job.run, model.eps))
+
+
+def _finish(
+    operator: LinearOperator, y: Tensor, sigma_y: float, truth: np.ndarray | None, x: Tensor
+) -> Restoration:
+    """x̂ (1, 3, H, W) as the job's result: an image consistent with y where the box allows,
+    its consistency figure and, against `truth`, PSNR / SSIM."""
+    x = as_image(operator, x, y, sigma_y)
+    png, image = encode_png(x)
+    fit = consistency(operator, x, y)
+    if truth is None:
+        return Restoration(png, image, fit)
+    return Restoration(png, image, fit, metrics.psnr(image, truth), metrics.ssim(image, truth))
