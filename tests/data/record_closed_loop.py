@@ -99,19 +99,26 @@ def cases() -> dict[str, tuple]:
 
 
 def record() -> dict[str, np.ndarray]:
-    outputs = {}
-    for name, (denoiser, operator, x, options) in cases().items():
-        y = operator.A(x)
-        out = sample(
-            denoiser,
-            linear_schedule(),
-            operator,
-            y,
-            options,
-            generator=torch.Generator().manual_seed(0),
-        )
-        outputs[name] = out.numpy()
-    return outputs
+    """The outputs, computed on one CPU thread (the summation order of a convolution, and so its
+    last bits, depend on the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        outputs = {}
+        for name, (denoiser, operator, x, options) in cases().items():
+            y = operator.A(x)
+            out = sample(
+                denoiser,
+                linear_schedule(),
+                operator,
+                y,
+                options,
+                generator=torch.Generator().manual_seed(0),
+            )
+            outputs[name] = out.numpy()
+        return outputs
+    finally:
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":
