@@ -2,7 +2,7 @@
 
     load_network(path, arch, config)   a network (guided-diffusion ADM UNet "adm", its noisy-image
                                        classifier "adm_classifier", DDPM `Model` "ddpm")
-    as_denoiser(network, ...)          the sampler's `denoiser(x_t, t) -> eps` callable
+    as_denoiser(network, ...)          the sampler's ε-model `eps(x_t, t, labels, scales)`
     load_registered(name, model_dir)   a registry model: (network, entry, checkpoint sha256)
 
 Names are imported lazily so that importing the command line does not import torch.
