@@ -12,6 +12,7 @@ keeps, up to the float rounding of a batched forward.
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -46,7 +47,7 @@ def lockstep(runs: Sequence[Run]) -> Generator[NetCall, Tensor, list[Tensor]]:
             for k, part in zip(list(pending), parts, strict=True)
             if (call := _advance(runs[k], part, results, k))
         }
-    return [r for r in results if r is not None]
+    return cast(list[Tensor], results)  # every run has ended: each result is set
 
 
 def _advance(run: Run, eps: Tensor | None, results: list[Tensor | None], k: int) -> NetCall | None:
