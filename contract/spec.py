@@ -25,6 +25,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contract.tiling import TilePlan, plan_tiles
+
 Shape = tuple[int, int, int]  # (C, H, W)
 
 MAX_STEPS = 1000  # the schedules' T: at most one sampling step per diffusion timestep
@@ -124,6 +126,13 @@ class CompressedSensing(_Op):
         return shape
 
 
+def _local(d: _Op) -> bool:
+    """Whether an op restricts exactly to a window (each pixel of y depends on one block of x)."""
+    return isinstance(d, Grayscale | Inpaint | Denoise) or (
+        isinstance(d, Downsample) and d.filter == "box"
+    )
+
+
 def _power_of_two(n: int) -> bool:
     return n >= 1 and n & (n - 1) == 0
 
@@ -168,6 +177,13 @@ class TaskSpec(BaseModel):
     class_label: int | None = Field(default=None, ge=0, le=999)
     guidance_scale: float = Field(default=0.0, ge=0.0, le=100.0)
     evaluate: bool = False
+    tiling: Literal["fused", "mask_shift", "whole"] = Field(
+        default="fused",
+        description="how an image larger than the model is restored (see contract.tiling)",
+    )
+    overlap: int | None = Field(
+        default=None, ge=0, le=1024, description="window overlap in pixels (half the window)"
+    )
 
     @model_validator(mode="after")
     def _check_chain(self) -> TaskSpec:
@@ -221,12 +237,54 @@ class TaskSpec(BaseModel):
         """Shape of the restored image for an upload of (height, width): the upload's own size
         in evaluate mode, else the observation's scaled up by the chain's downsampling factors
         (the inverse of `upload_shape`); ValueError if the chain cannot take that image."""
-        scale = 1
-        if not self.evaluate:
-            scale = math.prod(d.factor for d in self.degradations if isinstance(d, Downsample))
+        scale = 1 if self.evaluate else self.factor
         shape = (3, upload_size[0] * scale, upload_size[1] * scale)
         self.y_shape(shape)
         return shape
+
+    @property
+    def factor(self) -> int:
+        """The chain's downsampling factor (the side of one block of y in x's pixels)."""
+        return math.prod(d.factor for d in self.degradations if isinstance(d, Downsample))
+
+    @property
+    def network_calls(self) -> int:
+        """Network evaluations of one run: one per step, and time travel's re-sampling (each of
+        repeat - 1 climbs at every jump point 0, length, ... below steps - length re-runs
+        `length` steps; the rule of ddnm.schedules.timestep_pairs)."""
+        length, repeat = self.travel.length, self.travel.repeat
+        jumps = len(range(0, self.steps - length, length)) if repeat > 1 else 0
+        return self.steps + (repeat - 1) * length * jumps
+
+    def plan(self, x_shape: Shape, window: int) -> TilePlan | None:
+        """The windows of a restoration of x_shape by a model of native side `window`: None
+        when the network runs once on the whole image (the native size, or tiling "whole").
+        ValueError saying what to change when the chain or size cannot be tiled."""
+        _, h, w = x_shape
+        if (h, w) == (window, window) or self.tiling == "whole":
+            return None
+        overlap = window // 2 if self.overlap is None else self.overlap
+        plan = plan_tiles(h, w, window, overlap, self.factor)
+        local = all(_local(d) for d in self.degradations)
+        if self.tiling == "mask_shift" and not local:
+            raise ValueError(
+                "tiling mask_shift restricts the chain to each window, which is exact for box "
+                "downsample, grayscale, inpaint and denoise only; use tiling \"fused\""
+            )
+        if plan.canvas != (h, w) and not local:
+            raise ValueError(
+                f"a {w}x{h} image is smaller than the model's {window}x{window} window and "
+                "padding it is exact only for box downsample, grayscale, inpaint and denoise; "
+                "use a larger image or tiling \"whole\""
+            )
+        return plan
+
+    def network_evaluations(self, x_shape: Shape, window: int) -> int:
+        """Predicted cost in window-sized network evaluations: windows (the whole image counts
+        as its area in windows) x network calls of one run x samples."""
+        plan = self.plan(x_shape, window)
+        windows = len(plan.boxes) if plan else -(-x_shape[1] * x_shape[2] // window**2)
+        return windows * self.network_calls * self.samples
 
     def mask_size(self, x_shape: Shape) -> tuple[int, int] | None:
         """(height, width) the inpainting mask must have (the image size where inpaint acts)."""

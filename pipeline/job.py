@@ -7,7 +7,8 @@
 `restore` is the three in a row, one job on its own.
 
 The restored size follows from the upload (`TaskSpec.x_shape`); the run is
-`ddnm.sampling.posterior_mean_run` (one draw unless the spec asks for more), and x̂ becomes an
+`ddnm.sampling.mean_of_draws` of one run (the whole image, or its windows: `ddnm.tiling`, as the
+spec's `tiling` says for sizes other than the native one), and x̂ becomes an
 image in [-1, 1] by `ddnm.results.as_image` (which keeps A x = y where the box allows it).
 """
 
@@ -20,18 +21,21 @@ from functools import partial
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from contract.spec import TaskSpec
-from ddnm import imaging, metrics, operators
+from contract.spec import Shape, TaskSpec
+from contract.tiling import TilePlan
+from ddnm import imaging, metrics, operators, tiling
 from ddnm.operators.base import LinearOperator
 from ddnm.results import as_image, consistency, in_range
-from ddnm.sampling import Run, StepInfo, finish, posterior_mean_run
+from ddnm.sampling import Run, StepInfo, finish, mean_of_draws, run
 from pipeline.models import ServedModel
 from pipeline.tasks import chain_operator, sampler_options
 
 SIDE_MULTIPLE = 8  # the networks halve the image three times: sides must divide by 8
+FUSED_CHUNK = 64  # windows per network forward of the fused tiling (bounds device memory)
 
 
 @dataclass(frozen=True)
@@ -90,30 +94,71 @@ def prepare(
     generator = torch.Generator(model.device).manual_seed(spec.seed)
     upload = read_upload(image, 3)
     x_shape = spec.x_shape(tuple(upload.shape[2:]))  # type: ignore[arg-type]
-    if x_shape[1] % SIDE_MULTIPLE or x_shape[2] % SIDE_MULTIPLE:
+    plan = spec.plan(x_shape, model.info.image_size)
+    if plan is None and (x_shape[1] % SIDE_MULTIPLE or x_shape[2] % SIDE_MULTIPLE):
         raise ValueError(
-            f"the restored image must have sides divisible by {SIDE_MULTIPLE}, "
-            f"got {x_shape[1]}x{x_shape[2]}"
+            f"the network runs on the whole {x_shape[2]}x{x_shape[1]} image, whose sides must "
+            f"be divisible by {SIDE_MULTIPLE}; use tiling fused or mask_shift"
         )
-    operator = chain_operator(spec, x_shape, None if mask is None else read_mask(mask))
+    known = None if mask is None else read_mask(mask)
+    operator = chain_operator(spec, x_shape, known)
     if spec.upload_shape(x_shape)[0] == 1:
         upload = upload.mean(dim=1, keepdim=True)
     upload = upload.to(model.device)
     y = operators.measure(operator, upload, spec.sigma_y, generator) if spec.evaluate else upload
     y = in_range(operator, y)
-    run = posterior_mean_run(
-        model.schedule,
-        operator,
-        y,
-        sampler_options(spec),
-        spec.samples,
-        generator=generator,
-        labels=spec.class_label,
-        scales=spec.guidance_scale,
-        callback=callback,
-    )
+    draw = _draw(model, spec, plan, *_canvas(spec, plan, operator, x_shape, y, known))
+    run = mean_of_draws(draw, spec.samples, generator=generator, callback=callback)
     truth = imaging.to_uint8(upload) if spec.evaluate else None
     return Job(run, partial(_finish, operator, y, spec.sigma_y, truth))
+
+
+def _canvas(
+    spec: TaskSpec,
+    plan: TilePlan | None,
+    operator: LinearOperator,
+    x_shape: Shape,
+    y: Tensor,
+    known: Tensor | None,
+) -> tuple[LinearOperator, Tensor]:
+    """The operator and y of the canvas a plan restores: the image's own, or, for a side
+    shorter than the window, padded at the bottom and right (y replicated, the mask unknown
+    there), so the padding is free for the model to fill and cropped afterwards."""
+    if plan is None or plan.canvas == x_shape[1:]:
+        return operator, y
+    canvas: Shape = (3, *plan.canvas)
+    (dh, dw) = (c - s for c, s in zip(plan.canvas, x_shape[1:], strict=True))
+    y = F.pad(y, (0, dw // spec.factor, 0, dh // spec.factor), mode="replicate")
+    if known is not None:
+        mask_h, mask_w = spec.mask_size(canvas) or known.shape
+        known = F.pad(known, (0, mask_w - known.shape[1], 0, mask_h - known.shape[0]))
+    padded = chain_operator(spec, canvas, known)
+    return padded, in_range(padded, y)
+
+
+def _draw(
+    model: ServedModel,
+    spec: TaskSpec,
+    plan: TilePlan | None,
+    operator: LinearOperator,
+    y: Tensor,
+) -> Callable[[torch.Generator | None, Callable[[StepInfo], None] | None], Run]:
+    """One draw of the job (the whole image, its fused windows or Mask-Shift) as a run."""
+    options, labels, scales = sampler_options(spec), spec.class_label, spec.guidance_scale
+
+    def draw(generator: torch.Generator | None, callback: Callable[[StepInfo], None] | None) -> Run:
+        if plan is not None and spec.tiling == "mask_shift":
+            return tiling.mask_shift_run(
+                model.schedule, operator, y, options, plan, spec.factor,
+                generator=generator, labels=labels, scales=scales, callback=callback,
+            )  # fmt: skip
+        whole = run(
+            model.schedule, operator, y, options,
+            generator=generator, labels=labels, scales=scales, callback=callback,
+        )  # fmt: skip
+        return whole if plan is None else tiling.fused_run(whole, plan.boxes, FUSED_CHUNK)
+
+    return draw
 
 
 def restore(
@@ -131,9 +176,11 @@ def restore(
 def _finish(
     operator: LinearOperator, y: Tensor, sigma_y: float, truth: np.ndarray | None, x: Tensor
 ) -> Restoration:
-    """x̂ (1, 3, H, W) as the job's result: an image consistent with y where the box allows,
-    its consistency figure and, against `truth`, PSNR / SSIM."""
-    x = as_image(operator, x, y, sigma_y)
+    """x̂ (1, 3, H', W') of the canvas, cropped to the image (1, 3, H, W) as the job's result:
+    an image consistent with y where the box allows, its consistency figure and, against
+    `truth`, PSNR / SSIM."""
+    _, height, width = operator.x_shape(y)
+    x = as_image(operator, x[..., :height, :width], y, sigma_y)
     png, image = encode_png(x)
     fit = consistency(operator, x, y)
     if truth is None:

@@ -5,6 +5,7 @@ from ddnm.sampling.calls import EpsModel, NetCall, Run
 from ddnm.sampling.ddnm import (
     Pin,
     StepInfo,
+    mean_of_draws,
     posterior_mean,
     posterior_mean_run,
     run,
@@ -22,6 +23,7 @@ __all__ = [
     "StepInfo",
     "finish",
     "lockstep",
+    "mean_of_draws",
     "posterior_mean",
     "posterior_mean_run",
     "run",

@@ -225,23 +225,17 @@ def posterior_mean_run(
     callback: Callback | None = None,
 ) -> Run:
     """The mean of `samples` independent DDNM restorations of y, as one run whose requests hold
-    all draws (batch samples * B).
+    all draws (batch samples * B): `mean_of_draws` of `run`.
 
     One run draws one x from the posterior p(x | y); its expected squared error is that of the
     posterior mean plus the posterior variance. The mean of K draws estimates E[x | y], the
     restoration of least expected squared error (highest expected PSNR), trading detail the data
     do not determine (e.g. the hue of a grey surface in colorization) for its average. A is
-    linear, so A of the mean is y whenever each draw is consistent.
-
-    samples = 1 is `run` with `generator` itself; K > 1 draws take child k of
-    `spawn(generator, K)` each and step in `lockstep`, so the result does not depend on how the
-    draws are batched. The callback follows draw 0 (all draws step together). Returns (B, C, H, W).
+    linear, so A of the mean is y whenever each draw is consistent. Returns (B, C, H, W).
     """
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
-    children = [generator] if samples == 1 else spawn(generator, samples)
-    runs = [
-        run(
+
+    def draw(child: torch.Generator | None, relay: Callback | None) -> Run:
+        return run(
             schedule,
             operator,
             y,
@@ -249,11 +243,32 @@ def posterior_mean_run(
             generator=child,
             labels=labels,
             scales=scales,
-            callback=callback if k == 0 else None,
+            callback=relay,
         )
-        for k, child in enumerate(children)
+
+    return mean_of_draws(draw, samples, generator=generator, callback=callback)
+
+
+def mean_of_draws(
+    draw: Callable[[torch.Generator | None, Callback | None], Run],
+    samples: int,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> Run:
+    """The mean of `samples` runs `draw(generator, callback)` (any run: one image, or its
+    windows). samples = 1 is the draw with `generator` itself; K > 1 draws take child k of
+    `spawn(generator, K)` each and step in `lockstep`, so the result does not depend on how the
+    draws are batched. The callback follows draw 0 (all draws step together)."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+    if samples == 1:
+        return draw(generator, callback)
+    runs = [
+        draw(child, callback if k == 0 else None)
+        for k, child in enumerate(spawn(generator, samples))
     ]
-    return runs[0] if samples == 1 else _mean(lockstep(runs))
+    return _mean(lockstep(runs))
 
 
 def _mean(runs: Generator[NetCall, Tensor, list[Tensor]]) -> Run:
