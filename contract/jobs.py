@@ -61,6 +61,12 @@ class JobRecord(BaseModel):
     model: str
     seed: int
     upload_sha256: str
+    width: int = 0  # of the restored image
+    height: int = 0
+    plan: str | None = (
+        None  # the tiling plan as JSON (window, overlap, windows, waves); None: whole
+    )
+    predicted_evaluations: int = 0  # window-sized network forwards (TaskSpec.network_evaluations)
     cancel_requested_at: float | None = None
 
     worker: str | None = None

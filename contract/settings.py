@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     # limits on what the API admits
     max_upload_bytes: int = Field(default=20 * 2**20, gt=0)
     max_pixels: int = Field(default=4096 * 4096, gt=0)
+    max_output_pixels: int = Field(default=4096 * 4096, gt=0, description="restored image")
+    max_network_evaluations: int = Field(
+        default=1_000_000, gt=0, description="predicted window-sized forwards of one job"
+    )
 
     # lifetimes, seconds
     job_ttl_s: int = Field(

@@ -31,6 +31,7 @@ Shape = tuple[int, int, int]  # (C, H, W)
 
 MAX_STEPS = 1000  # the schedules' T: at most one sampling step per diffusion timestep
 MAX_SAMPLES = 16  # restorations averaged by one job (each costs a full run)
+WHOLE_MULTIPLE = 8  # the networks halve the image three times: a whole image's sides divide by 8
 
 
 class _Op(BaseModel):
@@ -261,7 +262,14 @@ class TaskSpec(BaseModel):
         when the network runs once on the whole image (the native size, or tiling "whole").
         ValueError saying what to change when the chain or size cannot be tiled."""
         _, h, w = x_shape
-        if (h, w) == (window, window) or self.tiling == "whole":
+        if (h, w) == (window, window):
+            return None
+        if self.tiling == "whole":
+            if h % WHOLE_MULTIPLE or w % WHOLE_MULTIPLE:
+                raise ValueError(
+                    f"tiling whole runs the network on the whole {w}x{h} image, whose sides must "
+                    f"be divisible by {WHOLE_MULTIPLE}; use tiling fused or mask_shift"
+                )
             return None
         overlap = window // 2 if self.overlap is None else self.overlap
         plan = plan_tiles(h, w, window, overlap, self.factor)
@@ -269,13 +277,13 @@ class TaskSpec(BaseModel):
         if self.tiling == "mask_shift" and not local:
             raise ValueError(
                 "tiling mask_shift restricts the chain to each window, which is exact for box "
-                "downsample, grayscale, inpaint and denoise only; use tiling \"fused\""
+                'downsample, grayscale, inpaint and denoise only; use tiling "fused"'
             )
         if plan.canvas != (h, w) and not local:
             raise ValueError(
                 f"a {w}x{h} image is smaller than the model's {window}x{window} window and "
                 "padding it is exact only for box downsample, grayscale, inpaint and denoise; "
-                "use a larger image or tiling \"whole\""
+                'use a larger image or tiling "whole"'
             )
         return plan
 

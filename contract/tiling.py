@@ -63,9 +63,7 @@ class TilePlan:
         level: list[int] = []
         for deps in self.deps:
             level.append(1 + max((level[d] for d in deps), default=-1))
-        return tuple(
-            tuple(k for k, v in enumerate(level) if v == w) for w in range(max(level) + 1)
-        )
+        return tuple(tuple(k for k, v in enumerate(level) if v == w) for w in range(max(level) + 1))
 
     def summary(self) -> dict[str, int]:
         """What a job record keeps of the plan."""

@@ -34,7 +34,6 @@ from ddnm.sampling import Run, StepInfo, finish, mean_of_draws, run
 from pipeline.models import ServedModel
 from pipeline.tasks import chain_operator, sampler_options
 
-SIDE_MULTIPLE = 8  # the networks halve the image three times: sides must divide by 8
 FUSED_CHUNK = 64  # windows per network forward of the fused tiling (bounds device memory)
 
 
@@ -95,11 +94,6 @@ def prepare(
     upload = read_upload(image, 3)
     x_shape = spec.x_shape(tuple(upload.shape[2:]))  # type: ignore[arg-type]
     plan = spec.plan(x_shape, model.info.image_size)
-    if plan is None and (x_shape[1] % SIDE_MULTIPLE or x_shape[2] % SIDE_MULTIPLE):
-        raise ValueError(
-            f"the network runs on the whole {x_shape[2]}x{x_shape[1]} image, whose sides must "
-            f"be divisible by {SIDE_MULTIPLE}; use tiling fused or mask_shift"
-        )
     known = None if mask is None else read_mask(mask)
     operator = chain_operator(spec, x_shape, known)
     if spec.upload_shape(x_shape)[0] == 1:

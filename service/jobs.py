@@ -7,6 +7,7 @@ then enqueues the Celery task by name (the API never imports the worker code).
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -54,6 +55,9 @@ class Admission:
     image: bytes
     mask: bytes | None
     upload_sha256: str  # of the submitted spec and files, for Idempotency-Key
+    size: tuple[int, int]  # (height, width) of the restored image
+    plan: dict[str, int] | None  # contract.tiling.TilePlan.summary(); None: one whole-image run
+    predicted_evaluations: int
 
 
 class JobStore:
@@ -136,6 +140,10 @@ class JobStore:
             model=spec.model,
             seed=spec.seed,
             upload_sha256=admission.upload_sha256,
+            height=admission.size[0],
+            width=admission.size[1],
+            plan=None if admission.plan is None else json.dumps(admission.plan),
+            predicted_evaluations=admission.predicted_evaluations,
         )
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(job_key(job_id), mapping=record.to_redis())  # type: ignore[arg-type]

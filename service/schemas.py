@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +52,15 @@ class Job(BaseModel):
     spec: TaskSpec = Field(description="the spec as run: defaults, model and seed filled in")
     model: ModelUsed
     seed: int
+    width: int = Field(description="of the restored image")
+    height: int
+    plan: dict[str, int] | None = Field(
+        description="window side, overlap, windows and Mask-Shift waves of the tiling; null when "
+        "the network runs once on the whole image"
+    )
+    predicted_evaluations: int = Field(
+        description="predicted window-sized network evaluations: windows x calls x samples"
+    )
     attempts: int = Field(
         description="times a worker started it (> 1 after a worker was lost or stopped)"
     )
@@ -80,6 +90,10 @@ class Job(BaseModel):
             spec=TaskSpec.model_validate_json(record.spec),
             model=ModelUsed(name=record.model, checkpoint_sha256=record.checkpoint_sha256),
             seed=record.seed,
+            width=record.width,
+            height=record.height,
+            plan=None if record.plan is None else json.loads(record.plan),
+            predicted_evaluations=record.predicted_evaluations,
             attempts=record.attempts,
             worker=record.worker,
             cancel_requested=record.cancel_requested_at is not None,

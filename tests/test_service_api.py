@@ -29,6 +29,7 @@ from contract.jobs import (
     MODELS_KEY,
     WORKER_KEY,
     Heartbeat,
+    JobRecord,
     ModelInfo,
     job_key,
     queue_name,
@@ -40,6 +41,7 @@ from service.main import create_app
 MODEL = ModelInfo(name="test-model", checkpoint_sha256="00" * 32, image_size=32)
 MAX_PIXELS = 100_000
 MAX_UPLOAD_BYTES = 300_000
+MAX_OUTPUT_PIXELS = 1_000_000
 LIMITS_ENV = {"DDNM_MAX_PIXELS": str(MAX_PIXELS), "DDNM_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES)}
 
 
@@ -117,9 +119,20 @@ BAD_INPUTS = [
         "factor not dividing",
         request({"degradations": [{"op": "downsample", "factor": 3}]}),
         422,
-        "factor 3 does not divide the image size 32x32",
+        "window side 32 is no multiple of the chain's downsampling factor 3",
     ),
-    ("wrong image size", request(image=png(crop(16))), 422, "send a 8x8 degraded image"),
+    (
+        "size the chain cannot take",
+        request({**SR4, "evaluate": True}, png(crop(30))),
+        422,
+        "image: a 30x30 clean image does not fit the chain: downsample factor 4 does not divide",
+    ),
+    (
+        "blur tiled by Mask-Shift",
+        request({"degradations": [{"op": "blur"}], "tiling": "mask_shift"}, png(crop(64))),
+        422,
+        "tiling mask_shift restricts the chain to each window",
+    ),
     (
         "mask of the wrong size",
         request(INPAINT, png(crop()), png(MASK[:16, :16])),
@@ -190,6 +203,7 @@ def client(redis: Redis, redis_url: str) -> Iterator[TestClient]:
         model=MODEL.name,
         max_pixels=MAX_PIXELS,
         max_upload_bytes=MAX_UPLOAD_BYTES,
+        max_output_pixels=MAX_OUTPUT_PIXELS,
     )
     with TestClient(create_app(settings)) as c:
         yield c
@@ -231,6 +245,46 @@ def test_admission_stores_the_job_and_enqueues_it(client: TestClient, redis: Red
     assert message["headers"]["task"] == "ddnm.restore"
     assert message["content-type"] == "application/json"
     assert client.get(f"/jobs/{job['id']}").json() == job
+
+
+def test_any_size_is_admitted_with_its_plan_and_predicted_cost(
+    client: TestClient, redis: Redis
+) -> None:
+    """A 32 x 128 observation of 4x SR restores to 128 x 512: 7 x 31 windows of 32 (overlap
+    16), 43 Mask-Shift waves, 217 windows x 10 steps predicted, all in the job record."""
+    y = np.asarray(Image.fromarray(data.astronaut()).resize((128, 32)))
+    job = client.post("/restore", **request(image=png(y))).json()
+    assert (job["width"], job["height"]) == (512, 128)
+    assert job["plan"] == {"window": 32, "overlap": 16, "windows": 217, "waves": 43}
+    assert job["predicted_evaluations"] == 217 * 10
+    record = JobRecord.from_redis(redis.hgetall(job_key(job["id"])))
+    assert record.predicted_evaluations == 2170 and json.loads(record.plan or "") == job["plan"]
+    native = client.post("/restore", **request()).json()
+    assert native["plan"] is None and native["predicted_evaluations"] == 10
+
+
+def test_a_job_over_the_budget_is_refused_with_its_predicted_cost(
+    redis: Redis, redis_url: str
+) -> None:
+    """A 2048 x 2048 output (4x SR of 512 x 512) at 100 steps, default limits: 127 x 127 windows,
+    1,612,900 predicted evaluations, over the default budget of 1,000,000; nothing stored or
+    queued."""
+    y = np.asarray(Image.fromarray(data.astronaut()).resize((512, 512)))
+    spec = {**SR4, "steps": 100}
+    with TestClient(create_app(Settings(redis_url=redis_url, model=MODEL.name))) as c:
+        response = c.post("/restore", **request(spec, png(y)))
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "predicted 1612900 network evaluations (16129 windows of 32x32 x 100 calls" in detail
+    assert "over the budget of 1000000" in detail
+    assert job_keys(redis) == [] and redis.llen(queue_name(MODEL.name)) == 0
+
+
+def test_a_restored_image_over_the_pixel_limit_is_refused(client: TestClient) -> None:
+    y = np.zeros((300, 300, 3), np.uint8)  # 90,000 pixels in, 1,440,000 out with 4x SR
+    response = client.post("/restore", **request({**SR4, "steps": 1}, png(y)))
+    assert response.status_code == 413, response.text
+    assert "would be 1200x1200 = 1440000 pixels, over the limit" in response.json()["detail"]
 
 
 @pytest.mark.parametrize(

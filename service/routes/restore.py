@@ -14,7 +14,9 @@ from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Respo
 from pydantic import ValidationError
 
 from contract.jobs import ModelInfo
+from contract.settings import Settings
 from contract.spec import Shape, TaskSpec
+from contract.tiling import TilePlan
 from service.deps import StoreDep
 from service.jobs import Admission, IdempotencyConflict, JobStore
 from service.schemas import Error, Job, describe_error
@@ -82,20 +84,8 @@ async def _check(
     if image is None:
         raise HTTPException(422, "image: missing; send the degraded image as file field 'image'")
     info = await _model(store, spec)
-    n = info.image_size
-    x_shape: Shape = (3, n, n)
-    try:
-        upload_shape = spec.upload_shape(x_shape)
-    except ValueError as err:
-        raise HTTPException(422, f"spec: {err} (model {info.name!r} restores {n}x{n})") from err
     checked = await _read(store, "image", image)
-    if (checked.height, checked.width) != upload_shape[1:]:
-        what = "clean image" if spec.evaluate else "degraded image for this chain"
-        raise HTTPException(
-            422,
-            f"image: {checked.width}x{checked.height} is not accepted: model {info.name!r} "
-            f"restores {n}x{n} images, so send a {upload_shape[2]}x{upload_shape[1]} {what}",
-        )
+    x_shape, plan, cost = _geometry(store.settings, spec, info, checked)
     mask_bytes = await _check_mask(store, spec, x_shape, mask)
     seed = spec.seed if spec.seed is not None else secrets.randbelow(2**31)
     digest = hashlib.sha256(spec.model_dump_json().encode())
@@ -106,7 +96,47 @@ async def _check(
         image=checked.data,
         mask=mask_bytes,
         upload_sha256=digest.hexdigest(),
+        size=(x_shape[1], x_shape[2]),
+        plan=None if plan is None else plan.summary(),
+        predicted_evaluations=cost,
     )
+
+
+def _geometry(
+    settings: Settings, spec: TaskSpec, info: ModelInfo, checked: CheckedImage
+) -> tuple[Shape, TilePlan | None, int]:
+    """The restored size (from the upload), its window plan on the model, its predicted cost;
+    422 / 413 saying what to change when the size, the chain's tiling or the cost does not fit."""
+    n = info.image_size
+    try:
+        x_shape = spec.x_shape((checked.height, checked.width))
+    except ValueError as err:
+        what = "clean image" if spec.evaluate else "degraded image"
+        raise HTTPException(
+            422, f"image: a {checked.width}x{checked.height} {what} does not fit the chain: {err}"
+        ) from err
+    pixels = x_shape[1] * x_shape[2]
+    if pixels > settings.max_output_pixels:
+        raise HTTPException(
+            413,
+            f"image: the restored image would be {x_shape[2]}x{x_shape[1]} = {pixels} pixels, "
+            f"over the limit of {settings.max_output_pixels}; send a smaller image",
+        )
+    try:
+        plan = spec.plan(x_shape, n)
+    except ValueError as err:
+        raise HTTPException(422, f"spec: {err} (model {info.name!r} restores {n}x{n})") from err
+    cost = spec.network_evaluations(x_shape, n)
+    if cost > settings.max_network_evaluations:
+        windows = len(plan.boxes) if plan else "whole-image"
+        raise HTTPException(
+            422,
+            f"spec: this job needs a predicted {cost} network evaluations ({windows} windows of "
+            f"{n}x{n} x {spec.network_calls} calls per run x {spec.samples} samples), over the "
+            f"budget of {settings.max_network_evaluations}; use fewer steps or samples, or a "
+            "smaller image",
+        )
+    return x_shape, plan, cost
 
 
 def _parse_spec(text: str) -> TaskSpec:
