@@ -17,7 +17,7 @@ from torch import Tensor
 from ddnm.operators.base import LinearOperator, SVDOperator
 
 PROJECTION_ROUNDS = 200
-PROJECTION_TOL = 1e-4  # max |A x - y| on [-1, 1], well under half an 8-bit level (3.9e-3)
+PROJECTION_TOL = 1e-6  # max |A x - y| on [-1, 1], far under half an 8-bit level (3.9e-3)
 
 
 def into_box(operator: SVDOperator, x: Tensor, y: Tensor) -> Tensor:
