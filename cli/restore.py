@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "ddnm-small-32"
 SUPPORTED_OPS = ("downsample", "blur", "grayscale", "inpaint", "denoise")
-SAMPLER_SETTINGS = ("sigma_y", "steps", "eta", "travel", "samples", "clip_x0")  # spec fields
+# spec fields given as flags of the same name
+SPEC_FLAGS = ("sigma_y", "steps", "eta", "travel", "samples", "clip_x0", "tiling", "overlap")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -69,6 +70,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         help="clip x0|t to [-1, 1] at every step (on)",
     )
+    parser.add_argument(
+        "--tiling",
+        choices=("fused", "mask_shift", "whole"),
+        help="how a size other than the model's is restored (fused)",
+    )
+    parser.add_argument("--overlap", type=int, help="window overlap in pixels (half the window)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--model", default=DEFAULT_MODEL, help="registered model name or a .safetensors path"
@@ -118,7 +125,7 @@ def task_spec(args: argparse.Namespace) -> TaskSpec:
     defaults for the others), --simulate as evaluate mode."""
     from contract.spec import TaskSpec
 
-    given = {name: getattr(args, name) for name in SAMPLER_SETTINGS}
+    given = {name: getattr(args, name) for name in SPEC_FLAGS}
     if args.travel is not None:
         given["travel"] = parse_travel(args.travel)
     return TaskSpec.model_validate(
@@ -130,6 +137,19 @@ def task_spec(args: argparse.Namespace) -> TaskSpec:
             "evaluate": args.simulate,
         }
     )
+
+
+def plan_text(spec: TaskSpec, upload: Path, window: int) -> str:
+    """How the image will be restored, e.g. "217 windows of 32x32 in 43 waves"."""
+    from PIL import Image
+
+    with Image.open(upload) as image:
+        x_shape = spec.x_shape((image.height, image.width))
+    plan = spec.plan(x_shape, window)
+    if plan is None:
+        return f"{x_shape[2]}x{x_shape[1]}, whole image"
+    waves = f" in {len(plan.waves)} waves" if spec.tiling == "mask_shift" else ""
+    return f"{x_shape[2]}x{x_shape[1]}, {len(plan.boxes)} windows of {window}x{window}{waves}"
 
 
 def restore(args: argparse.Namespace, spec: TaskSpec) -> Restoration:
@@ -145,7 +165,7 @@ def restore(args: argparse.Namespace, spec: TaskSpec) -> Restoration:
         raise ValueError("--op inpaint needs --mask M.png (white = known pixel)")
     mask = args.mask.read_bytes() if args.mask else None
     model = load_named(spec.model or DEFAULT_MODEL, model_dir(args), args.device)
-    bar = tqdm(desc="restore", unit="step")
+    bar = tqdm(desc=f"restore ({plan_text(spec, args.input, model.info.image_size)})", unit="step")
 
     def progress(info: StepInfo) -> None:
         bar.total = info.total
