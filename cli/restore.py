@@ -51,7 +51,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "inpaint, denoise",
     )
     parser.add_argument("--mask", type=Path, help="inpainting mask image (white = known pixel)")
-    # sampler settings: the task spec's defaults unless given (contract.spec.TaskSpec)
+    add_spec_flags(parser)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help="registered model name or a .safetensors path"
+    )
+    parser.add_argument(
+        "--model-dir", help="downloaded checkpoints (default: $DDNM_MODEL_DIR, as `ddnm models`)"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="restored image path")
+    parser.add_argument("--evaluate", type=Path, help="clean image: print PSNR / SSIM against it")
+    parser.add_argument(
+        "--simulate", action="store_true", help="IN is the clean image: degrade it, then restore"
+    )
+    parser.set_defaults(func=run)
+
+
+def add_spec_flags(parser: argparse.ArgumentParser) -> None:
+    """The task spec's settings (SPEC_FLAGS); the spec's defaults (contract.spec) unless given."""
     parser.add_argument("--sigma-y", type=float, help="noise std, pixel scale [0, 1] (0)")
     parser.add_argument("--steps", type=int, help="sampling steps (100)")
     parser.add_argument("--eta", type=float, help="share of fresh noise per step (0.85)")
@@ -76,20 +94,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="how a size other than the model's is restored (fused)",
     )
     parser.add_argument("--overlap", type=int, help="window overlap in pixels (half the window)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help="registered model name or a .safetensors path"
-    )
-    parser.add_argument(
-        "--model-dir", help="downloaded checkpoints (default: $DDNM_MODEL_DIR, as `ddnm models`)"
-    )
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="restored image path")
-    parser.add_argument("--evaluate", type=Path, help="clean image: print PSNR / SSIM against it")
-    parser.add_argument(
-        "--simulate", action="store_true", help="IN is the clean image: degrade it, then restore"
-    )
-    parser.set_defaults(func=run)
 
 
 def parse_op(text: str) -> dict[str, Any]:

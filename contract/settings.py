@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     model_arch: Literal["adm", "ddpm"] = "adm"
     device: str = "auto"  # "auto": cuda when present, else cpu
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    fused_windows: int = Field(
+        default=64, gt=0, description="windows per network forward of the fused tiling"
+    )
 
     # limits on what the API admits
     max_upload_bytes: int = Field(default=20 * 2**20, gt=0)

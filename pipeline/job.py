@@ -34,7 +34,7 @@ from ddnm.sampling import Run, StepInfo, finish, mean_of_draws, run
 from pipeline.models import ServedModel
 from pipeline.tasks import chain_operator, sampler_options
 
-FUSED_CHUNK = 64  # windows per network forward of the fused tiling (bounds device memory)
+FUSED_WINDOWS = 64  # windows per network forward of the fused tiling (DDNM_FUSED_WINDOWS)
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,10 @@ def prepare(
     image: bytes,
     mask: bytes | None,
     callback: Callable[[StepInfo], None] | None = None,
+    fused_windows: int = FUSED_WINDOWS,
 ) -> Job:
     """The job `spec` on the uploaded `image` (and `mask`): its run on `model`, and its finish.
+    fused_windows: windows per network forward of the fused tiling (bounds device memory).
     Raises ValueError when the upload does not fit the spec."""
     assert spec.seed is not None
     generator = torch.Generator(model.device).manual_seed(spec.seed)
@@ -101,7 +103,9 @@ def prepare(
     upload = upload.to(model.device)
     y = operators.measure(operator, upload, spec.sigma_y, generator) if spec.evaluate else upload
     y = in_range(operator, y)
-    draw = _draw(model, spec, plan, *_canvas(spec, plan, operator, x_shape, y, known))
+    draw = _draw(
+        model, spec, plan, fused_windows, *_canvas(spec, plan, operator, x_shape, y, known)
+    )
     run = mean_of_draws(draw, spec.samples, generator=generator, callback=callback)
     truth = imaging.to_uint8(upload) if spec.evaluate else None
     return Job(run, partial(_finish, operator, y, spec.sigma_y, truth))
@@ -134,6 +138,7 @@ def _draw(
     model: ServedModel,
     spec: TaskSpec,
     plan: TilePlan | None,
+    fused_windows: int,
     operator: LinearOperator,
     y: Tensor,
 ) -> Callable[[torch.Generator | None, Callable[[StepInfo], None] | None], Run]:
@@ -150,7 +155,7 @@ def _draw(
             model.schedule, operator, y, options,
             generator=generator, labels=labels, scales=scales, callback=callback,
         )  # fmt: skip
-        return whole if plan is None else tiling.fused_run(whole, plan.boxes, FUSED_CHUNK)
+        return whole if plan is None else tiling.fused_run(whole, plan.boxes, fused_windows)
 
     return draw
 
@@ -161,9 +166,10 @@ def restore(
     image: bytes,
     mask: bytes | None,
     callback: Callable[[StepInfo], None] | None = None,
+    fused_windows: int = FUSED_WINDOWS,
 ) -> Restoration:
     """The job run on its own, to its end: `prepare`, then its run driven by `model`."""
-    job = prepare(model, spec, image, mask, callback)
+    job = prepare(model, spec, image, mask, callback, fused_windows)
     return job.finish(finish(job.run, model.eps))
 
 

@@ -59,12 +59,12 @@ def restore(job_id: str) -> None:
     try:
         if record.model != rt.model.info.name:
             raise ValueError(f"job asks for model {record.model!r}, not {rt.model.info.name!r}")
-        image = rt.redis.get(job_key(job_id, "image"))
+        image: bytes | None = rt.redis.get(job_key(job_id, "image"))  # type: ignore[assignment]
         if image is None:
             raise ValueError("the uploaded image has expired; submit the job again")
         spec = TaskSpec.model_validate_json(record.spec)
-        mask = rt.redis.get(job_key(job_id, "mask")) if spec.has_mask else None
-        result = run_job(rt.model, spec, image, mask, callback=run.on_step)  # type: ignore[arg-type]
+        mask: bytes | None = rt.redis.get(job_key(job_id, "mask")) if spec.has_mask else None  # type: ignore[assignment]
+        result = run_job(rt.model, spec, image, mask, run.on_step, rt.settings.fused_windows)
     except JobCanceled:
         run.cancel()
     except JobTimedOut as err:
