@@ -188,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = task_spec(args)
     result = restore(args, spec)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(result.image).save(args.output)
     height, width = result.image.shape[:2]
     print(

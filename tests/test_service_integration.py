@@ -6,9 +6,14 @@ production, so that it can be restarted mid-job. The last tests kill and stop wo
 from __future__ import annotations
 
 import io
+import json
+import re
+import shlex
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +23,7 @@ from PIL import Image
 from redis import Redis
 from skimage import data
 
-from cli.embedded import Stack, free_port, stop_processes, wait_for
+from cli.embedded import REPO, Stack, free_port, stop_processes, wait_for
 from contract.jobs import JOBS_COUNTER_KEY, job_key, queue_name
 from contract.spec import TaskSpec
 from ddnm import imaging
@@ -240,6 +245,34 @@ def test_images_larger_than_the_model_are_tiled_end_to_end(client: Client) -> No
         assert done["status"] == "succeeded", (name, done["error"])
         assert result_image(client, done).shape == (*TILED[name][2], 3), name
         assert done["consistency"] <= 1e-5, (name, done["consistency"])
+
+
+def test_the_readme_curl_example_runs_as_written(stack: Stack, tmp_path: Path) -> None:
+    """The README's curl commands, as written but for the address, in a folder where the
+    README's paths (docs/examples) exist: the upload is admitted (202), the job can be read,
+    its events stream to the end, the result is a PNG of the restored size (96 x 64)."""
+    readme = (REPO / "README.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.DOTALL) if "curl" in b)
+    commands = [
+        shlex.split(c.split("#")[0].replace("http://127.0.0.1:8000", stack.url))
+        for c in block.replace("\\\n", " ").splitlines()
+    ]
+    (tmp_path / "docs").symlink_to(REPO / "docs")
+
+    def curl(argv: list[str], job_id: str = "") -> str:
+        argv = [a.replace("<id>", job_id) for a in argv]
+        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (argv, done.stderr)
+        return done.stdout
+
+    admitted = curl(commands[0])
+    assert admitted.startswith("HTTP/1.1 202"), admitted
+    job_id = re.search(r"location: /jobs/(\w+)", admitted, re.IGNORECASE).group(1)  # type: ignore[union-attr]
+    assert json.loads(curl(commands[1], job_id))["id"] == job_id
+    assert '"status":"succeeded"' in curl(commands[2], job_id).replace(" ", "")
+    curl(commands[3], job_id)
+    assert Image.open(tmp_path / "runs" / "restored.png").size == (96, 64)
+    curl(commands[4], job_id)
 
 
 def test_cancel_a_running_job(client: Client) -> None:
