@@ -39,7 +39,7 @@ def degradation_operator(
     if isinstance(d, Downsample):
         return operators.SuperResolution(d.factor, filter=d.filter)
     if isinstance(d, Blur):
-        return operators.Deblur(blur_kernel(d))
+        return operators.Deblur(blur_kernel(d), boundary=d.boundary)
     if isinstance(d, Grayscale):
         return operators.Colorization()
     if isinstance(d, Inpaint):

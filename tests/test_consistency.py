@@ -40,6 +40,7 @@ OPERATORS = {
     "sr_bicubic_x2": lambda: O.SuperResolution(2, filter="bicubic"),
     "deblur_gaussian": lambda: O.Deblur(O.gaussian_kernel(sigma=1.5, size=7)),
     "deblur_uniform": lambda: O.Deblur(O.uniform_kernel(size=5)),
+    "deblur_reflect": lambda: O.Deblur(O.gaussian_kernel(sigma=1.5, size=7), boundary="reflect"),
     "deblur_anisotropic": lambda: O.Deblur(O.anisotropic_gaussian_kernel(2.0, 0.7, size=9)),
     "colorization": lambda: O.Colorization(),
     "inpainting": lambda: O.Inpainting(_mask()),

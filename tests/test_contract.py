@@ -15,7 +15,7 @@ from redis import Redis
 
 from contract.jobs import JOBS_COUNTER_KEY, JobRecord, Status, job_key, transition
 from contract.settings import Settings
-from contract.spec import TaskSpec
+from contract.spec import BLUR_SIGMA_Y, QUANTIZATION_SIGMA_Y, TaskSpec
 from ddnm.schedules import check_travel
 from pipeline.tasks import chain_operator
 
@@ -47,7 +47,7 @@ def test_issue_example_parses_with_paper_defaults() -> None:
     parsed = TaskSpec.model_validate_json(json.dumps(example))
     assert [d.op for d in parsed.degradations] == ["inpaint", "grayscale", "downsample"]
     defaults = TaskSpec.model_validate(OLD_PHOTO)
-    assert (defaults.steps, defaults.eta, defaults.sigma_y) == (100, 0.85, 0.0)
+    assert (defaults.steps, defaults.eta, defaults.sigma_y) == (100, 0.85, QUANTIZATION_SIGMA_Y)
     assert defaults.travel.length == defaults.travel.repeat == 1
     assert defaults.clip_x0 and defaults.samples == 1
     assert not defaults.evaluate
@@ -257,3 +257,18 @@ def test_the_restored_size_follows_from_the_upload() -> None:
     assert evaluate.x_shape((64, 96)) == (3, 64, 96)
     with pytest.raises(ValueError, match="does not divide"):
         evaluate.x_shape((60, 96))
+
+
+def test_sigma_y_defaults_to_the_noise_an_upload_carries() -> None:
+    """Not given: 0 in evaluate mode (noise-free measurement), the blur default for chains with a
+    blur, the 8-bit rounding noise 1 / (255 sqrt 12) otherwise; given (0 included): kept, and
+    written into the spec either way."""
+    sr = {"degradations": [{"op": "downsample", "factor": 4}]}
+    blur = {"degradations": [{"op": "blur"}, {"op": "downsample", "factor": 2}]}
+    assert TaskSpec.model_validate(sr).sigma_y == pytest.approx(0.0011320593513522075)
+    assert TaskSpec.model_validate(blur).sigma_y == BLUR_SIGMA_Y == 0.01
+    assert TaskSpec.model_validate({**blur, "evaluate": True}).sigma_y == 0.0
+    assert TaskSpec.model_validate({**blur, "sigma_y": 0}).sigma_y == 0.0
+    assert TaskSpec.model_validate({**sr, "sigma_y": None}).sigma_y == QUANTIZATION_SIGMA_Y
+    dumped = json.loads(TaskSpec.model_validate(sr).model_dump_json())
+    assert dumped["sigma_y"] == QUANTIZATION_SIGMA_Y

@@ -67,6 +67,10 @@ CASES: dict[str, tuple[Callable[[], LinearOperator], tuple[int, int, int, int]]]
     "inpainting_batch": (lambda: Inpainting(random_mask(6, 5, 0.5, 2, batch=2)), (2, 3, 6, 5)),
     "deblur_gaussian": (lambda: Deblur(gaussian_kernel(1.0)), (2, 3, 8, 6)),
     "deblur_uniform": (lambda: Deblur(uniform_kernel(3)), (1, 3, 7, 9)),
+    "deblur_reflect": (
+        lambda: Deblur(gaussian_kernel(1.0), boundary="reflect", cutoff=1e-3),
+        (1, 3, 9, 7),
+    ),
     "deblur_anisotropic": (
         lambda: Deblur(anisotropic_gaussian_kernel(0.7, 2.0), cutoff=1e-3),
         (1, 3, 8, 10),
@@ -82,6 +86,10 @@ CASES: dict[str, tuple[Callable[[], LinearOperator], tuple[int, int, int, int]]]
         (1, 3, 8, 4),
     ),
     "blur_sr": (lambda: compose(Deblur(gaussian_kernel(1.0)), SuperResolution(2)), (1, 3, 8, 8)),
+    "blur_reflect_sr": (
+        lambda: compose(Deblur(gaussian_kernel(1.0), boundary="reflect"), SuperResolution(2)),
+        (1, 3, 8, 8),
+    ),
     "sr_then_mask": (
         lambda: compose(SuperResolution(2), Inpainting(random_mask(4, 3, 0.5, 5))),
         (1, 3, 8, 6),
@@ -648,3 +656,18 @@ def test_measure_adds_gaussian_noise_of_twice_sigma_y():
     assert torch.equal(measure(op, x, 0.0), op.A(x))
     with pytest.raises(ValueError, match="sigma_y"):
         measure(op, x, -0.1)
+
+
+def test_reflect_boundary_blurs_as_scipy_does() -> None:
+    """boundary "reflect" is scipy.ndimage's "reflect" (the border pixel repeated), the zero
+    boundary its "constant"; a kernel wider than the image cannot be reflected and is refused."""
+    from scipy import ndimage
+
+    x = torch.rand(1, 1, 20, 17, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    k = gaussian_kernel(1.5)
+    for boundary, mode in (("reflect", "reflect"), ("zero", "constant")):
+        blurred = ndimage.correlate(x[0, 0].numpy(), k.numpy(), mode=mode)
+        ours = Deblur(k, cutoff=0, boundary=boundary).A(x)[0, 0].numpy()
+        assert np.abs(ours - blurred).max() < 1e-12, boundary
+    with pytest.raises(ValueError, match="larger than the image side 8"):
+        Deblur(gaussian_kernel(2.0), boundary="reflect").A(torch.zeros(1, 1, 8, 8))

@@ -30,7 +30,9 @@ torch.set_num_threads(1)
 
 
 def spec(*degradations: dict, **settings: object) -> TaskSpec:
-    return TaskSpec.model_validate({"degradations": list(degradations), "seed": 3, **settings})
+    """A spec with seed 3, noise-free (sigma_y 0) unless the settings say otherwise."""
+    fields = {"degradations": list(degradations), "seed": 3, "sigma_y": 0.0, **settings}
+    return TaskSpec.model_validate(fields)
 
 
 def test_each_op_becomes_its_library_operator() -> None:
@@ -40,11 +42,13 @@ def test_each_op_becomes_its_library_operator() -> None:
         ({"op": "downsample", "factor": 4, "filter": "bicubic"},
          operators.SuperResolution(4, filter="bicubic")),
         ({"op": "blur", "sigma": 1.5, "size": 7},
+         operators.Deblur(operators.gaussian_kernel(1.5, 7), boundary="reflect")),
+        ({"op": "blur", "sigma": 1.5, "size": 7, "boundary": "zero"},
          operators.Deblur(operators.gaussian_kernel(1.5, 7))),
         ({"op": "blur", "kernel": "uniform", "size": 5},
-         operators.Deblur(operators.uniform_kernel(5))),
+         operators.Deblur(operators.uniform_kernel(5), boundary="reflect")),
         ({"op": "blur", "kernel": "anisotropic", "sigma_rows": 3.0, "sigma_cols": 0.5},
-         operators.Deblur(operators.anisotropic_gaussian_kernel(3.0, 0.5))),
+         operators.Deblur(operators.anisotropic_gaussian_kernel(3.0, 0.5), boundary="reflect")),
         ({"op": "grayscale"}, operators.Colorization()),
     ]  # fmt: skip
     x = imaging.to_tensor(crop())

@@ -1,9 +1,15 @@
-"""Deblurring: y = k ⋆ x, a separable blur with zero boundary and 'same' output size.
+"""Deblurring: y = k ⋆ x, a separable blur with 'same' output size and a chosen boundary.
 
-A = K_0 ⊗ K_1 per channel with the banded 1-D matrices K_a[r, j] = k_a[j - r + p_a] (p_a the
-half-width; taps beyond the image read zeros). This is what `torch.nn.functional.conv2d(x, k,
-padding="same")` computes per channel for k = k_0 k_1ᵀ (cross-correlation; identical to
-convolution for the symmetric kernels below).
+A = K_0 ⊗ K_1 per channel with the 1-D matrices K_a[r, j] = k_a[j - r + p_a] (p_a the half-width)
+for the taps inside the image. Taps beyond the border read
+    boundary "zero"     zeros: what `torch.nn.functional.conv2d(x, k, padding="same")` computes
+                        per channel for k = k_0 k_1ᵀ (cross-correlation; identical to convolution
+                        for the symmetric kernels below), and the reference implementation's;
+    boundary "reflect"  the image mirrored about its border, the border pixel repeated
+                        (… c b a | a b c …, scipy.ndimage's "reflect", what cameras and image
+                        editors approximate): the taps fold back onto the image, so K_a stays
+                        an n x n matrix with an exact SVD and a blurred photograph has no dark
+                        frame to explain.
 
 Blur matrices have tiny singular values, and 1 / s would amplify rounding errors without bound.
 Per axis, singular values below `cutoff` · max(s_a) are zeroed and A is *defined* as the truncated
@@ -20,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,6 +35,7 @@ from torch import Tensor
 from ddnm.operators.separable import SeparableOperator
 
 KernelLike = Tensor | np.ndarray | Sequence[Sequence[float]]
+BOUNDARIES = ("zero", "reflect")
 
 
 def gaussian_taps(sigma: float, size: int | None = None) -> Tensor:
@@ -71,10 +79,12 @@ class Deblur(SeparableOperator):
 
     kernel: a separable (rank-1) 2-D kernel of odd size (kh, kw), e.g. `gaussian_kernel(2.0)`.
     cutoff: relative 1-D singular-value cutoff in [0, 1).
+    boundary: "zero" or "reflect" (see the module docstring).
     """
 
     kernel: KernelLike
     cutoff: float = 1e-2
+    boundary: Literal["zero", "reflect"] = "zero"
     taps: tuple[tuple[float, ...], tuple[float, ...]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -85,17 +95,32 @@ class Deblur(SeparableOperator):
             check_size(int(n))
         if not 0 <= self.cutoff < 1:
             raise ValueError(f"cutoff must be in [0, 1), got {self.cutoff!r}")
+        if self.boundary not in BOUNDARIES:
+            raise ValueError(f"boundary must be one of {BOUNDARIES}, got {self.boundary!r}")
         object.__setattr__(self, "kernel", tuple(map(tuple, k.tolist())))
         object.__setattr__(self, "taps", separate(k))
 
     def __repr__(self) -> str:
-        return f"Deblur(kernel=<{len(self.taps[0])}×{len(self.taps[1])}>, cutoff={self.cutoff})"
+        size = f"{len(self.taps[0])}×{len(self.taps[1])}"
+        return f"Deblur(kernel=<{size}>, cutoff={self.cutoff}, boundary={self.boundary!r})"
 
     def axis_matrix(self, n: int, axis: int) -> Tensor:
         k = torch.tensor(self.taps[axis], dtype=torch.float64)
-        offset = torch.arange(n)[None, :] - torch.arange(n)[:, None] + len(k) // 2
-        inside = (offset >= 0) & (offset < len(k))
-        return torch.where(inside, k[offset.clamp(0, len(k) - 1)], torch.zeros(()).double())
+        if self.boundary == "reflect" and len(k) > n:  # a tap would fold past the far border
+            raise ValueError(
+                f"the blur kernel ({len(k)} taps) is larger than the image side {n}; "
+                "use a smaller kernel or a larger image"
+            )
+        rows, half = torch.arange(n), len(k) // 2
+        M = torch.zeros(n, n, dtype=torch.float64)
+        for j, tap in enumerate(k):
+            source = rows + j - half  # the pixel tap j of output row r reads
+            if self.boundary == "reflect":
+                source = torch.where(source < 0, -source - 1, source)
+                source = torch.where(source >= n, 2 * n - source - 1, source)
+            inside = (source >= 0) & (source < n)
+            M[rows[inside], source[inside]] += tap
+        return M
 
 
 def as_kernel(kernel: KernelLike) -> Tensor:
