@@ -94,6 +94,15 @@ CASES: dict[str, tuple[Callable[[], LinearOperator], tuple[int, int, int, int]]]
         lambda: compose(SuperResolution(2), Inpainting(random_mask(4, 3, 0.5, 5))),
         (1, 3, 8, 6),
     ),
+    # damage on the observed print: the mask at y's resolution, after the downsampling and grey
+    "damaged_print": (
+        lambda: compose(SuperResolution(2), Colorization(), Inpainting(random_mask(4, 3, 0.6, 6))),
+        (1, 3, 8, 6),
+    ),
+    "damaged_grey_print": (
+        lambda: compose(Colorization(), Inpainting(random_mask(8, 6, 0.6, 7))),
+        (2, 3, 8, 6),
+    ),
     "gray_cs": (
         lambda: compose(CompressedSensing(0.5, image_size=4), Colorization()),
         (1, 3, 4, 4),

@@ -41,9 +41,9 @@ def camera_blur(x: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def best_classical(observed: np.ndarray, truth: np.ndarray) -> float:
-    """The best PSNR of Wiener (three regularisations) and Richardson-Lucy deconvolution, given
-    the true kernel: the strongest classical baseline, chosen with the truth."""
+def best_classical_image(observed: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """The best (by PSNR) of Wiener (three regularisations) and Richardson-Lucy deconvolution,
+    given the true kernel: the strongest classical baseline, chosen with the truth."""
     t = np.arange(-6, 7)
     g = np.exp(-(t**2) / (2 * SIGMA**2))
     kernel = np.outer(g, g) / np.outer(g, g).sum()
@@ -52,11 +52,11 @@ def best_classical(observed: np.ndarray, truth: np.ndarray) -> float:
         lambda c, b=balance: restoration.wiener(y[..., c], kernel, balance=b)
         for balance in (0.003, 0.01, 0.03)
     ] + [lambda c: restoration.richardson_lucy(y[..., c], kernel, num_iter=30)]
-    scores = []
+    images = []
     for deconvolve in candidates:
         estimate = np.stack([deconvolve(c) for c in range(3)], -1)
-        scores.append(psnr((np.clip(estimate, 0, 1) * 255).round().astype(np.uint8), truth))
-    return max(scores)
+        images.append((np.clip(estimate, 0, 1) * 255).round().astype(np.uint8))
+    return max(images, key=lambda image: psnr(image, truth))
 
 
 def border_and_interior(image: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -78,7 +78,7 @@ def test_a_camera_blurred_jpeg_is_deblurred_with_the_defaults(model: ServedModel
     observed = np.asarray(Image.open(io.BytesIO(upload)))
     restored = psnr(result.image, x)
     assert restored > psnr(observed, x) + 1.0
-    assert restored > best_classical(observed, x)
+    assert restored > psnr(best_classical_image(observed, x), x)
     border, interior = border_and_interior(result.image, x)
     assert border > interior - 1.0, (border, interior)
 
