@@ -66,7 +66,7 @@ def border_and_interior(image: np.ndarray, truth: np.ndarray) -> tuple[float, fl
     return psnr(image[frame], truth[frame]), psnr(image[~frame], truth[~frame])
 
 
-@pytest.mark.parametrize("name", ["coffee", "chelsea"])
+@pytest.mark.parametrize("name", ["coffee"])  # the other photos: bench/real_photos.md
 def test_a_camera_blurred_jpeg_is_deblurred_with_the_defaults(model: ServedModel, name: str):
     """Defaults only (reflect boundary, sigma_y for a blur, 100 steps): sharper than the
     blurred photo and than the best classical deconvolution, and no ringing band at the border
@@ -103,7 +103,7 @@ def png(image: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
+@pytest.mark.parametrize("name", ["coffee", "chelsea"])  # astronaut too: bench/real_photos.md
 def test_a_scratched_old_print_is_restored_with_the_old_photo_preset(
     model: ServedModel, name: str
 ) -> None:
@@ -127,6 +127,7 @@ def test_the_values_under_a_damage_mask_are_ignored(model: ServedModel) -> None:
     the pixels the mask calls known)."""
     damaged, mask = scratched_print(held_out("coffee", 32, 64), seed=1)
     inverted = np.where(mask < 128, 255 - damaged, damaged)
-    spec = TaskSpec.model_validate({"preset": "old_photo", "seed": 0, "steps": 3, "samples": 1})
+    fields = {"steps": 3, "samples": 1, "travel": {"length": 1, "repeat": 1}}  # quick: any run
+    spec = TaskSpec.model_validate({"preset": "old_photo", "seed": 0, **fields})
     first, second = (restore(model, spec, png(d), png(mask)) for d in (damaged, inverted))
     assert first.png == second.png

@@ -128,6 +128,12 @@ BAD_INPUTS = [
         "image: a 30x30 clean image does not fit the chain: downsample factor 4 does not divide",
     ),
     (
+        "blur kernel larger than the image",
+        request({"degradations": [{"op": "blur", "sigma": 10.0}]}, png(crop(32))),
+        422,
+        "the 61x61 blur kernel is larger than the 32x32 image it blurs",
+    ),
+    (
         "blur tiled by Mask-Shift",
         request({"degradations": [{"op": "blur"}], "tiling": "mask_shift"}, png(crop(64))),
         422,

@@ -1,11 +1,11 @@
-"""`ddnm serve`: one command starts redis-server, a worker and the API; Ctrl-C stops all three."""
+"""`ddnm serve`: one command starts redis-server, a worker and the API; Ctrl-C stops all three.
+Started as the README says, `./dev serve` (which execs the `ddnm` of the project's .venv)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -46,7 +46,7 @@ def test_ddnm_serve_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> Non
     env["OMP_NUM_THREADS"] = "1"
     log = (tmp_path / "serve.log").open("wb")
     serve = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
+        ["./dev", "serve", "--port", str(port)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
