@@ -10,8 +10,9 @@ model, with the service's defaults and with the presets:
                                                             (3 regularisations) and
                                                             Richardson-Lucy, given the kernel
     colorization     the grey photo                         the grey photo
-    inpainting       40 % of the pixels lost                biharmonic inpainting (scikit-image)
-    old print        2x reduced, grey, scratched            biharmonic inpainting, then bicubic
+    inpainting       40 % of the pixels lost                the best of biharmonic (scikit-image)
+                                                            and OpenCV's Telea / Navier-Stokes
+    old print        2x reduced, grey, scratched            the same inpainting, then bicubic
 
 PSNR and SSIM on 8-bit images, means over the photos. No LPIPS: the packages that compute it
 download their network weights, which this offline machine cannot. Writes real_photos.md and
@@ -29,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from skimage import restoration
 
 from contract.spec import TaskSpec
 from ddnm.metrics import psnr, ssim
@@ -39,6 +39,7 @@ from tests.test_real_photos import (
     SIGMA,
     best_classical_image,
     camera_blur,
+    classical_inpaint,
     held_out,
     png,
     scratched_print,
@@ -80,18 +81,14 @@ def colorize(x: np.ndarray) -> tuple[Observation, dict[str, np.ndarray]]:
 def lost_pixels(x: np.ndarray) -> tuple[Observation, dict[str, np.ndarray]]:
     mask = np.where(np.random.default_rng(0).random(x.shape[:2]) > 0.4, 255, 0).astype(np.uint8)
     holed = np.where(mask[..., None] > 0, x, 0).astype(np.uint8)
-    filled = restoration.inpaint_biharmonic(holed / 255, mask == 0, channel_axis=-1)
-    classical = {"biharmonic": (np.clip(filled, 0, 1) * 255).round().astype(np.uint8)}
+    classical = {"best of biharmonic / OpenCV": classical_inpaint(holed, mask, x)}
     return (png(holed), png(mask), holed), classical
 
 
 def old_print(x: np.ndarray) -> tuple[Observation, dict[str, np.ndarray]]:
     damaged, mask = scratched_print(x, seed=0)
-    filled = restoration.inpaint_biharmonic(damaged / 255, mask < 128)
-    up = Image.fromarray((filled * 255).round().astype(np.uint8)).resize(
-        (x.shape[1], x.shape[0]), Image.BICUBIC
-    )
-    return (png(damaged), png(mask), damaged), {"biharmonic + bicubic": rgb(np.asarray(up))}
+    classical = {"best inpainting + bicubic": classical_inpaint(damaged, mask, x)}
+    return (png(damaged), png(mask), damaged), classical
 
 
 # task: (crop size, degradation, DDNM settings by name)
