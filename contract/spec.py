@@ -35,7 +35,7 @@ WHOLE_MULTIPLE = 8  # the networks halve the image three times: a whole image's 
 
 
 class _Op(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     def apply(self, shape: Shape) -> Shape:
         """Shape of this op's output for an input of `shape`; ValueError if it cannot take it."""
@@ -220,7 +220,7 @@ Degradation = Annotated[
 class Travel(BaseModel):
     """Time travel (paper Sec. 3.4): jump back `length` steps, `repeat` - 1 extra times."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     length: int = Field(default=1, ge=1)
     repeat: int = Field(default=1, ge=1, le=10)
@@ -229,7 +229,7 @@ class Travel(BaseModel):
 class TaskSpec(BaseModel):
     """One restoration job (see the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, protected_namespaces=())
 
     degradations: list[Degradation] = Field(min_length=1, max_length=8)
     sigma_y: float = Field(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import re
 import struct
 import subprocess
@@ -172,7 +173,7 @@ BAD_INPUTS = [
         "16-bit image",
         request(image=png((np.arange(64).reshape(8, 8) * 1000).astype(np.uint16))),
         422,
-        "image: I;16 pixels (more than 8 bits) are not accepted; send an 8-bit image",
+        "image: pixels of more than 8 bits are not accepted; send an 8-bit image",
     ),
     (
         "grey mask, nothing brighter than mid-grey",
@@ -473,3 +474,105 @@ def test_redis_down_means_retry_later() -> None:
         ready = c.get("/readyz")
         assert ready.status_code == 503 and not ready.json()["redis"]
         assert c.get("/healthz").status_code == 200
+
+
+# ---- hostile and careless uploads: a 4xx for each, nothing stored -----------------------
+
+
+def chunk(kind: bytes, body: bytes, length: int | None = None) -> bytes:
+    size = len(body) if length is None else length
+    return struct.pack(">I", size) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_with(*extra: bytes) -> bytes:
+    """An 8 x 8 PNG (a real one's IHDR and IDAT) with `extra` chunks before its IDAT."""
+    idat = Y8.index(b"IDAT") - 4
+    return Y8[:idat] + b"".join(extra) + Y8[idat:]
+
+
+def tiff_with_fractional_width() -> bytes:
+    """A TIFF whose ImageWidth is a RATIONAL (type 5) 1/3: Pillow fails on it in odd ways."""
+    entries = [(256, 5, 1, 8), (257, 3, 1, 8), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1)]
+    ifd = struct.pack("<H", len(entries))
+    rational_at = 8 + 2 + 12 * len(entries) + 4
+    for tag, kind, count, value in entries:
+        value = rational_at if kind == 5 else value
+        ifd += struct.pack("<HHII", tag, kind, count, value)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\0\0\0\0" + struct.pack("<II", 1, 3)
+
+
+def hostile_files() -> Iterator[tuple[str, bytes]]:
+    """At least 400 files no client should be able to get a 5xx with."""
+    rng = random.Random(0)
+    sources = {
+        "png": png(crop(32)),
+        "jpeg": png(crop(32), "JPEG", quality=90),
+        "webp": png(crop(32), "WEBP"),
+    }
+    for name, source in sources.items():
+        for cut in sorted(rng.sample(range(1, len(source)), min(70, len(source) - 1))):
+            yield f"{name} truncated at {cut}", source[:cut]
+        for k in range(70):
+            flipped = bytearray(source)
+            for _ in range(1 + k % 4):
+                flipped[rng.randrange(8, len(source))] = rng.randrange(256)
+            yield f"{name} corrupted #{k}", bytes(flipped)
+    bomb = zlib.compress(b"\0" * 50_000_000)
+    yield "zTXt decompressing past the limit", png_with(chunk(b"zTXt", b"k\0\0" + bomb))
+    yield "iCCP decompressing past the limit", png_with(chunk(b"iCCP", b"p\0\0" + bomb))
+    for length in (0, 3, 2**31 - 1, 2**32 - 1):
+        yield f"tEXt claiming {length} bytes", png_with(chunk(b"tEXt", b"key\0value", length))
+        yield f"IHDR claiming {length} bytes", Y8[:8] + struct.pack(">I", length) + Y8[12:]
+    yield "tiff with a fractional width", tiff_with_fractional_width()
+    yield "random bytes", bytes(rng.randrange(256) for _ in range(2000))
+    yield "a PNG signature alone", b"\x89PNG\r\n\x1a\n"
+    yield "16-bit RGB PNG", _sixteen_bit_rgb()
+
+
+def _sixteen_bit_rgb() -> bytes:
+    """A 48-bit RGB PNG (Pillow opens it as 8-bit RGB, silently dropping the low bytes)."""
+    rows = b"".join(b"\0" + bytes(range(48)) for _ in range(8))  # 8 x 8 pixels, 6 bytes each
+    ihdr = struct.pack(">IIBBBBB", 8, 8, 16, 2, 0, 0, 0)
+    return Y8[:8] + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_hostile_uploads_get_a_4xx_and_leave_nothing(client: TestClient, redis: Redis) -> None:
+    files = list(hostile_files())
+    assert len(files) >= 400
+    statuses = {}
+    for name, upload in files:
+        response = client.post("/restore", **request(image=upload))
+        statuses[name] = response.status_code
+        assert response.status_code < 500, (name, response.text)
+        if response.status_code != 202:
+            detail = response.json()["detail"]
+            assert detail.startswith("image: ") and "Error" not in detail, (name, detail)
+    refused = [n for n, s in statuses.items() if s != 202]
+    assert all(statuses[n] in (413, 422) for n in refused)
+    assert statuses["16-bit RGB PNG"] == 422 and statuses["tiff with a fractional width"] == 422
+    assert statuses["zTXt decompressing past the limit"] in (413, 422)
+    records = [k for k in job_keys(redis) if k.count(b":") == 2]  # ddnm:job:<id>, one per job
+    assert len(records) == len(files) - len(refused)  # corruptions that still decode
+    assert len(refused) >= 300, len(refused)
+
+
+def test_trailing_bytes_are_not_kept(client: TestClient, redis: Redis) -> None:
+    """An 8 x 8 PNG followed by 200 kB of anything: admitted, and what is stored is the
+    re-encoded pixels (a few hundred bytes), the same pixels."""
+    padded = Y8 + bytes(200_000)
+    response = client.post("/restore", **request(SR4, padded))
+    assert response.status_code == 202, response.text
+    job = response.json()
+    stored = redis.get(job_key(job["id"], "image"))
+    assert stored is not None and len(stored) < 1000
+    same = np.asarray(Image.open(io.BytesIO(stored)).convert("RGB"))
+    assert np.array_equal(same, np.asarray(Image.open(io.BytesIO(Y8)).convert("RGB")))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("steps", True), ("steps", "10"), ("steps", 10.5), ("clip_x0", 1)]
+)
+def test_spec_types_are_strict(client: TestClient, field: str, value: object) -> None:
+    response = client.post("/restore", **request({**SR4, field: value}))
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith(f"spec: {field}:")

@@ -10,6 +10,7 @@ import hashlib
 import secrets
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Response, UploadFile
 from pydantic import ValidationError
 
@@ -23,6 +24,7 @@ from service.schemas import Error, Job, describe_error
 from service.uploads import CheckedImage, check_image
 
 router = APIRouter(tags=["restore"])
+DECODERS = anyio.CapacityLimiter(2)  # uploads decoded at once
 
 SPEC_HELP = (
     'task spec as JSON, e.g. {"degradations": [{"op": "downsample", "factor": 4}], "steps": 100}'
@@ -174,7 +176,10 @@ async def _model(store: JobStore, spec: TaskSpec) -> ModelInfo:
 async def _read(store: JobStore, field: str, upload: UploadFile) -> CheckedImage:
     limit = store.settings.max_upload_bytes
     data = await upload.read(limit + 1)
-    return check_image(field, data, limit, store.settings.max_pixels)
+    # decoded off the event loop, at most DECODERS at a time, so other requests keep flowing
+    return await anyio.to_thread.run_sync(
+        check_image, field, data, limit, store.settings.max_pixels, limiter=DECODERS
+    )
 
 
 async def _check_mask(
