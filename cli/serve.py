@@ -1,4 +1,5 @@
-"""`ddnm serve`: the whole service on this machine (Redis, a worker, the API); Ctrl-C stops it."""
+"""`ddnm serve`: the whole service on this machine (Redis, a worker, the API); Ctrl-C, SIGTERM or
+the terminal closing stop it, and its processes die with it however it ends."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace) -> int:
     from cli.embedded import Stack
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
         signal.signal(signum, _interrupt)
     stack = Stack(args.host, args.port)
     try:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -39,26 +41,46 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
-def test_ddnm_serve_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
-    port = free_port()
+def start_serve(port: int, log_path: Path) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """`./dev serve --port PORT` as the README says, its output in log_path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DDNM_")}
     env["OMP_NUM_THREADS"] = "1"
-    log = (tmp_path / "serve.log").open("wb")
+    log = log_path.open("wb")
     serve = subprocess.Popen(
         ["./dev", "serve", "--port", str(port)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
+    return serve, log
+
+
+def wait_ready(serve: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert serve.poll() is None, log_path.read_text()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(log_path.read_text())
+
+
+def gone_within(pids: set[int], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+def test_ddnm_serve_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
+    port, log_path = free_port(), tmp_path / "serve.log"
+    serve, log = start_serve(port, log_path)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert serve.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        wait_ready(serve, port, log_path)
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
         assert ready["ready"] and ready["workers"][0]["model"] == DEFAULT_MODEL
         spawned = children(serve.pid)
@@ -71,7 +93,43 @@ def test_ddnm_serve_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> Non
         log.close()
     assert not [pid for pid in spawned if alive(pid)]
     assert not port_open(port)
-    assert "stopped" in (tmp_path / "serve.log").read_text()
+    assert "stopped" in log_path.read_text()
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP], ids=["SIGKILL", "SIGHUP"])
+def test_the_stack_dies_whole_however_ddnm_serve_ends(tmp_path: Path, sig: signal.Signals) -> None:
+    """Killed outright (no handler runs) or its terminal closed: no process of the stack is
+    left after 5 s, and the port is free again."""
+    port, log_path = free_port(), tmp_path / "serve.log"
+    serve, log = start_serve(port, log_path)
+    try:
+        wait_ready(serve, port, log_path)
+        spawned = children(serve.pid)
+        assert len(spawned) == 3
+        serve.send_signal(sig)
+        serve.wait(30)
+        assert gone_within(spawned, 5.0), [pid for pid in spawned if alive(pid)]
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        log.close()
+    assert not port_open(port)
+
+
+def test_a_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        serve, log = start_serve(port, tmp_path / "serve.log")
+        try:
+            assert serve.wait(60) == 1
+        finally:
+            log.close()
+    printed = (tmp_path / "serve.log").read_text()
+    assert f"port {port} on 127.0.0.1 is already in use" in printed
+    assert "ddnm-service ready" not in printed
 
 
 def test_the_stack_notices_when_redis_dies() -> None:
