@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,6 +23,9 @@ from service.jobs import Enqueue, JobStore
 from service.routes import health, jobs, models, restore
 from service.schemas import describe_error
 from service.uploads import UploadError
+
+log = logging.getLogger("service")
+STORE_RETRY_AFTER_S = "2"  # seconds a client should wait after a 503 of the job store
 
 DESCRIPTION = """Zero-shot image restoration with DDNM / DDNM+ (Wang, Yu, Zhang, ICLR 2023).
 
@@ -104,8 +108,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RedisError)
     @app.exception_handler(OperationalError)
     async def store_unavailable(request: Request, err: Exception) -> JSONResponse:
-        detail = f"the job store is unavailable ({type(err).__name__}: {err}); retry later"
-        return JSONResponse({"detail": detail}, 503)
+        # the client gets no address or exception text of the infrastructure; the log does
+        log.warning("job store unavailable on %s %s: %r", request.method, request.url.path, err)
+        detail = "the job store is unavailable; retry later"
+        return JSONResponse({"detail": detail}, 503, headers={"Retry-After": STORE_RETRY_AFTER_S})
 
     for module in (restore, jobs, models, health):
         app.include_router(module.router)

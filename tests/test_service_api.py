@@ -469,11 +469,21 @@ def test_redis_down_means_retry_later() -> None:
     with TestClient(create_app(Settings(redis_url=url, model=MODEL.name))) as c:
         server.stop()
         for response in (c.get(f"/jobs/{'0' * 32}"), c.post("/restore", **request())):
-            assert response.status_code == 503
-            assert "job store is unavailable" in response.json()["detail"]
+            assert response.status_code == 503 and response.headers["retry-after"] == "2"
+            detail = response.json()["detail"]
+            assert detail == "the job store is unavailable; retry later"  # no address, no error
         ready = c.get("/readyz")
         assert ready.status_code == 503 and not ready.json()["redis"]
         assert c.get("/healthz").status_code == 200
+
+
+def test_an_out_of_range_last_event_id_is_refused(client: TestClient) -> None:
+    job_id = client.post("/restore", **request()).json()["id"]
+    response = client.get(
+        f"/jobs/{job_id}/events", headers={"Last-Event-ID": "18446744073709551616-0"}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("Last-Event-ID: not an event id")
 
 
 # ---- hostile and careless uploads: a 4xx for each, nothing stored -----------------------

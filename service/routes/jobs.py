@@ -63,6 +63,10 @@ async def get_events(
 ) -> StreamingResponse:
     """Server-sent events: `status` on every status change, `progress` as steps complete. The
     stream ends after the final status; reconnect with Last-Event-ID to resume."""
+    if last_event_id is not None and any(int(p) >= 2**64 for p in last_event_id.split("-")):
+        raise HTTPException(
+            422, "Last-Event-ID: not an event id of this stream; send one it sent, or none"
+        )
     await _record(store, job_id)
     events = store.events(job_id, last_event_id or "0-0", EVENTS_KEEPALIVE_S)
     return StreamingResponse(
