@@ -30,12 +30,12 @@ import torch
 from PIL import Image
 
 from contract.spec import TaskSpec
-from contract.tiling import TilePlan, plan_tiles
+from contract.tiling import plan_tiles
 from ddnm.imaging import to_tensor
 from ddnm.metrics import psnr
 from ddnm.operators import SuperResolution
 from ddnm.sampling import SamplerOptions, finish
-from ddnm.tiling import mask_shift_run
+from ddnm.tiling import OneByOne, mask_shift_run
 from pipeline.job import restore
 from pipeline.models import load_named
 
@@ -98,19 +98,6 @@ def quality(steps: int) -> tuple[dict[str, Row], list[float]]:
             rows[method].seam.append(seam_ratio(result.image))
             rows[method].consistency.append(result.consistency)
     return rows, truth_seams
-
-
-@dataclass(frozen=True)
-class OneByOne:
-    plan: TilePlan
-
-    @property
-    def boxes(self) -> tuple[tuple[int, int, int, int], ...]:
-        return self.plan.boxes
-
-    @property
-    def waves(self) -> tuple[tuple[int, ...], ...]:
-        return tuple((k,) for k in range(len(self.plan.boxes)))
 
 
 def orders(steps: int) -> dict[str, float]:

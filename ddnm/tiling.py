@@ -20,7 +20,7 @@ one-by-one order give the same image.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import singledispatch
 from typing import Protocol
 
@@ -49,6 +49,24 @@ class Layout(Protocol):
 
     @property
     def waves(self) -> tuple[tuple[int, ...], ...]: ...
+
+
+@dataclass(frozen=True)
+class OneByOne:
+    """The windows of `layout` one per wave, in row-major order (the first `count` of them, all
+    when None): Mask-Shift without wavefront batching, which gives the same image."""
+
+    layout: Layout
+    count: int | None = None
+
+    @property
+    def boxes(self) -> tuple[Box, ...]:
+        return self.layout.boxes
+
+    @property
+    def waves(self) -> tuple[tuple[int, ...], ...]:
+        count = len(self.layout.boxes) if self.count is None else self.count
+        return tuple((k,) for k in range(count))
 
 
 class NotTileable(ValueError):

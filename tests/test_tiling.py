@@ -4,19 +4,19 @@ window's own result kept exactly, wavefront = one-by-one order) and the fused wi
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import pytest
 import torch
 
 from contract.spec import TaskSpec
-from contract.tiling import TilePlan, axis_starts, plan_tiles
+from contract.tiling import axis_starts, plan_tiles
 from ddnm import operators as O
 from ddnm.models import as_denoiser
 from ddnm.sampling import NetCall, SamplerOptions, finish, run
 from ddnm.schedules import linear_schedule, timestep_pairs
 from ddnm.tiling import (
     NotTileable,
+    OneByOne,
     _blended_eps,
     fused_run,
     mask_shift_run,
@@ -109,22 +109,6 @@ def test_a_restricted_operator_observes_its_window_as_the_whole_does(make) -> No
 def test_operators_that_reach_across_windows_are_refused(op) -> None:
     with pytest.raises(NotTileable, match="fused"):
         restrict(op, (0, 32, 0, 32))
-
-
-@dataclass(frozen=True)
-class OneByOne:
-    """A plan's windows one per wave, in row-major order (the first `count` of them)."""
-
-    plan: TilePlan
-    count: int
-
-    @property
-    def boxes(self) -> tuple[tuple[int, int, int, int], ...]:
-        return self.plan.boxes
-
-    @property
-    def waves(self) -> tuple[tuple[int, ...], ...]:
-        return tuple((k,) for k in range(self.count))
 
 
 def _mask_shift(layout, op, y, eps_model) -> torch.Tensor:

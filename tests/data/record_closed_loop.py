@@ -20,21 +20,10 @@ from ddnm.models import as_denoiser, load_network
 from ddnm.sampling import SamplerOptions, sample
 from ddnm.schedules import linear_schedule
 from tests.conftest import fixture_network
+from tests.test_models_adapters import SMALL_CLASSIFIER
 
 OUT = Path(__file__).with_name("closed_loop.npz")
-CLASSIFIER_32 = {
-    "image_size": 32,
-    "in_channels": 3,
-    "model_channels": 32,
-    "out_channels": 1000,
-    "num_res_blocks": 1,
-    "attention_resolutions": [2],
-    "channel_mult": [1, 2],
-    "num_head_channels": 32,
-    "use_scale_shift_norm": True,
-    "resblock_updown": True,
-    "pool": "attention",
-}
+CLASSIFIER_32 = {**SMALL_CLASSIFIER, "image_size": 32}
 
 
 def random_weights(net: torch.nn.Module, seed: int) -> torch.nn.Module:
