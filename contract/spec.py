@@ -380,10 +380,10 @@ class TaskSpec(BaseModel):
             )
         return plan
 
-    def network_evaluations(self, x_shape: Shape, window: int) -> int:
-        """Predicted cost in window-sized network evaluations: windows (the whole image counts
-        as its area in windows) x network calls of one run x samples."""
-        plan = self.plan(x_shape, window)
+    def network_evaluations(self, x_shape: Shape, window: int, plan: TilePlan | None) -> int:
+        """Predicted cost in window-sized network evaluations of a restoration of x_shape with
+        `plan` (`self.plan(x_shape, window)`): windows (the whole image counts as its area in
+        windows) x network calls of one run x samples."""
         windows = len(plan.boxes) if plan else -(-x_shape[1] * x_shape[2] // window**2)
         return windows * self.network_calls * self.samples
 

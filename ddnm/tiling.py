@@ -198,17 +198,29 @@ def fused_run(inner: Run, boxes: Sequence[Box], chunk: int = 64) -> Run:
     the windows `boxes` (at most `chunk` windows per request) and their ε blended."""
     try:
         call = next(inner)
+        weights = blend(boxes, call.x_t)  # the same for every step of the run
         while True:
-            eps = yield from _blended_eps(call, boxes, chunk)
+            eps = yield from _blended_eps(call, boxes, chunk, weights)
             call = inner.send(eps)
     except StopIteration as done:
         return done.value
 
 
-def _blended_eps(call: NetCall, boxes: Sequence[Box], chunk: int) -> Run:
+def blend(boxes: Sequence[Box], like: Tensor) -> tuple[Tensor, Tensor]:
+    """(w, Σ_k w): a window's weights (n, n) and their sum over the windows covering each pixel
+    of the canvas (1, 1, H, W), in like's (B, C, H, W) dtype and device."""
+    weight = blend_weights(boxes[0][1] - boxes[0][0], like.dtype, like.device)
+    total = torch.zeros_like(like[:1, :1])
+    for top, bottom, left, right in boxes:
+        total[..., top:bottom, left:right] += weight
+    return weight, total
+
+
+def _blended_eps(
+    call: NetCall, boxes: Sequence[Box], chunk: int, weights: tuple[Tensor, Tensor]
+) -> Run:
     """ε of the canvas request `call`: Σ_k w ε_k / Σ_k w over the windows k covering a pixel."""
-    window = boxes[0][1] - boxes[0][0]
-    weight = blend_weights(window, call.x_t.dtype, call.x_t.device)
+    weight, total = weights
     eps = torch.zeros_like(call.x_t)
     pieces = [(b, box) for b in range(call.batch) for box in boxes]
     for start in range(0, len(pieces), chunk):
@@ -216,9 +228,6 @@ def _blended_eps(call: NetCall, boxes: Sequence[Box], chunk: int) -> Run:
         answer = yield join([_crop(call, b, box) for b, box in part])
         for (b, (top, bottom, left, right)), e in zip(part, answer, strict=True):
             eps[b, :, top:bottom, left:right] += weight * e
-    total = torch.zeros_like(call.x_t[:1, :1])
-    for top, bottom, left, right in boxes:
-        total[..., top:bottom, left:right] += weight
     return eps / total
 
 

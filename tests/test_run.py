@@ -163,6 +163,18 @@ def test_spawn_is_deterministic_and_child_i_ignores_k() -> None:
     assert not torch.equal(two[0], other[0])
 
 
+def test_negative_guidance_scales_are_refused_before_the_run_starts() -> None:
+    op = O.Colorization()
+    with pytest.raises(ValueError, match="guidance scales must be >= 0"):
+        run(
+            SCHEDULE,
+            op,
+            op.A(recorded.photos(2)),
+            SamplerOptions(steps=2),
+            scales=torch.tensor([1.0, -1.0]),
+        )
+
+
 def test_joined_requests_must_agree_on_labels() -> None:
     x, t = torch.zeros(1, 3, 4, 4), torch.zeros(1)
     labelled = NetCall(x, t, labels=torch.tensor([1]))

@@ -18,6 +18,7 @@ from ddnm.tiling import (
     NotTileable,
     OneByOne,
     _blended_eps,
+    blend,
     fused_run,
     mask_shift_run,
     restrict,
@@ -153,12 +154,12 @@ def test_fused_windows_blend_eps_into_a_weighted_mean() -> None:
     plan = plan_tiles(40, 72, 32, 16)
     x_t = torch.randn(2, 3, 40, 72, generator=torch.Generator().manual_seed(0))
     call = NetCall(x_t, torch.full((2,), 500.0))
-    blend = _blended_eps(call, plan.boxes, chunk=5)
-    batches, request = [], next(blend)
+    answers = _blended_eps(call, plan.boxes, 5, blend(plan.boxes, x_t))
+    batches, request = [], next(answers)
     try:
         while True:
             batches.append(request.batch)
-            request = blend.send(request.x_t)
+            request = answers.send(request.x_t)
     except StopIteration as done:
         eps = done.value
     assert sum(batches) == 2 * len(plan.boxes) and max(batches) == 5

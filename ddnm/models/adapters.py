@@ -126,8 +126,6 @@ class EpsAdapter:
         with torch.no_grad():
             eps = self.network_eps(x, t_net, y)
         s = torch.full_like(t_net, self.scale) if scales is None else scales.to(t_net)
-        if (s < 0).any():
-            raise ValueError(f"guidance scales must be >= 0, got {s.tolist()}")
         if self.guidance is not None and bool((s > 0).any()):
             if y is None:
                 raise ValueError("classifier guidance needs a class_label to guide towards")

@@ -127,7 +127,8 @@ def run(
     step_noise: per-transition standard-normal draws of shape (B, C, H, W), consumed in order
     (any iterable of tensors or arrays, e.g. a list or a (transitions, B, C, H, W) tensor).
     labels, scales: class labels and classifier-guidance scales, one for all B samples or (B,);
-    sent with every request. pin: x̂_{0|t} held fixed where its mask is 1.
+    sent with every request (scales checked >= 0 here, once). pin: x̂_{0|t} held fixed where
+    its mask is 1.
     Precision: the run computes in the widest floating dtype of y and x_T, at least float32, on
     y's device; draws from `generator` are made in float32, so float32 and float64 runs with the
     same seed use the same noise. ᾱ comes from `Schedule.alpha_bar_table_for` in that dtype.
@@ -148,6 +149,8 @@ def run(
         "labels": _per_sample(labels, batch, torch.long, y.device),
         "scales": _per_sample(scales, batch, y.dtype, y.device),
     }
+    if conditioning["scales"] is not None and (conditioning["scales"] < 0).any():
+        raise ValueError(f"guidance scales must be >= 0, got {scales!r}")
     alpha_bar = schedule.alpha_bar_table_for(y.dtype).to(y.device)
     draws = _draws(step_noise, x_T, generator)
     return _loop(operator, y, options, x_T, pairs, draws, alpha_bar, conditioning, pin, callback)

@@ -128,7 +128,7 @@ def _geometry(
         plan = spec.plan(x_shape, n)
     except ValueError as err:
         raise HTTPException(422, f"spec: {err} (model {info.name!r} restores {n}x{n})") from err
-    cost = spec.network_evaluations(x_shape, n)
+    cost = spec.network_evaluations(x_shape, n, plan)
     if cost > settings.max_network_evaluations:
         windows = len(plan.boxes) if plan else "whole-image"
         raise HTTPException(
