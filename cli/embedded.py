@@ -29,6 +29,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 PR_SET_PDEATHSIG = 1  # prctl(2)
 STOP_GRACE_S = 10.0
+REDIS_MAXMEMORY = "1gb"  # of the private redis-server (DDNM_REDIS_MAXMEMORY)
 
 
 def redis_server_binary() -> str:
@@ -97,9 +98,10 @@ class RedisServer:
     `stop()` removes. It keeps nothing on disk unless `appendonly` (as production Redis does,
     so that `restart()` keeps the data)."""
 
-    def __init__(self, appendonly: bool = False) -> None:
+    def __init__(self, appendonly: bool = False, maxmemory: str = REDIS_MAXMEMORY) -> None:
         self.port = free_port()
         self.appendonly = appendonly
+        self.maxmemory = maxmemory
         self.process: subprocess.Popen[bytes] | None = None
         self.tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -135,6 +137,11 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "yes" if self.appendonly else "no",
+                # full is refused (a clean 503 at admission), never evicted
+                "--maxmemory",
+                self.maxmemory,
+                "--maxmemory-policy",
+                "noeviction",
             ],
             stdout=subprocess.DEVNULL,
             start_new_session=True,
@@ -227,27 +234,13 @@ class Stack:
                 f"port {self.port} on {self.host} is already in use; stop what listens there "
                 "or choose another with --port"
             )
-        self.redis = RedisServer(self.redis_appendonly)
+        maxmemory = self.child_env().get("DDNM_REDIS_MAXMEMORY", REDIS_MAXMEMORY)
+        self.redis = RedisServer(self.redis_appendonly, maxmemory)
         self.env["DDNM_REDIS_URL"] = self.redis.start()
         for _ in range(self.n_workers):
             self.add_worker()
-        self.spawn(
-            "api",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "service.main:create_app",
-                "--host",
-                self.host,
-                "--port",
-                str(self.port),
-                "--timeout-graceful-shutdown",
-                "3",
-            ],
-            self.child_env(),
-        )
+        api_env = self.child_env() | {"DDNM_HOST": self.host, "DDNM_PORT": str(self.port)}
+        self.spawn("api", [sys.executable, "-m", "service"], api_env)
         try:
             wait_for(self.ready, f"{self.url}/readyz", ready_timeout_s)
         except TimeoutError as err:

@@ -9,7 +9,11 @@ Keys (prefix `ddnm:`), all of one job expiring together `job_ttl_s` after it end
     job:{id}:result      PNG bytes of the restoration
     job:{id}:events      stream of {"event": "status" | "progress", "data": JSON}; the stream ids
                          are the server-sent-event ids, so a client resumes with Last-Event-ID
-    idempotency:{key}    "{job id} {payload sha256}"
+    idempotency:{owner}:{key}  "{job id} {payload sha256}", scoped to the API key that sent it
+    active               sorted set: ids of unfinished jobs, scored by admission time
+    active:{owner}       the same, of one API key
+    rate:{owner}:{minute}  submissions of one API key in one minute
+    webhooks             sorted set: ids of ended jobs with a webhook to call, scored by when
     worker:{id}          JSON heartbeat of one worker process, expiring after HEARTBEAT_MISSES beats
     models               hash: model name -> JSON ModelInfo, written by workers at start-up
     metrics:jobs         hash: status -> number of jobs that entered it
@@ -28,6 +32,7 @@ from pydantic import BaseModel
 PREFIX = "ddnm:"
 TASK_NAME = "ddnm.restore"
 HEARTBEAT_MISSES = 3
+MAX_ATTEMPTS = 3  # workers a job may lose before it fails instead of running again
 MAX_EVENTS = 2000  # per job; progress is throttled well below this
 
 # Celery settings both ends of the queue must share: JSON only, nothing pickled.
@@ -67,7 +72,12 @@ class JobRecord(BaseModel):
         None  # the tiling plan as JSON (window, overlap, windows, waves); None: whole
     )
     predicted_evaluations: int = 0  # window-sized network forwards (TaskSpec.network_evaluations)
+    owner: str = ""  # id of the API key that made it (OPEN_OWNER on an open API)
+    webhook: str | None = None  # URL called when it ends
     cancel_requested_at: float | None = None
+    # the task message that may start it: incremented when the API hands the job of a dead worker
+    # to the queue again, so that the dead worker's own message, redelivered later, is ignored
+    dispatch: int = 0
 
     worker: str | None = None
     attempts: int = 0
@@ -81,6 +91,7 @@ class JobRecord(BaseModel):
     consistency: float | None = None  # ||A x - y|| / ||y|| of the result
     psnr: float | None = None  # evaluate mode: against the uploaded clean image
     ssim: float | None = None
+    webhook_deliveries: str | None = None  # JSON list of {"at", "status" | "error"}, oldest first
 
     @classmethod
     def from_redis(cls, fields: dict[Any, Any]) -> JobRecord:
@@ -160,15 +171,22 @@ def job_key(job_id: str, part: str = "") -> str:
 
 
 JOB_PARTS = ("image", "mask", "result", "events")
-IDEMPOTENCY_KEY = PREFIX + "idempotency:{}"
+OPEN_OWNER = "open"
+IDEMPOTENCY_KEY = PREFIX + "idempotency:{}:{}"  # owner, key
+ACTIVE_KEY = PREFIX + "active"
+RATE_KEY = PREFIX + "rate:{}:{}"  # owner, minute
+WEBHOOKS_KEY = PREFIX + "webhooks"
 WORKER_KEY = PREFIX + "worker:{}"
 MODELS_KEY = PREFIX + "models"
 JOBS_COUNTER_KEY = PREFIX + "metrics:jobs"
 
 
 # Atomic status change. KEYS: job hash, events stream, status counter, then the parts that expire
-# with the job. ARGV: new status, allowed current statuses (space separated), TTL seconds (0 keeps
-# the keys as they are), event JSON, max events, then field/value pairs to set.
+# with the job (image, mask, result). ARGV: new status, allowed current statuses (space
+# separated), TTL seconds (0 keeps the keys as they are), event JSON, max events, guard (JSON
+# object of fields that must hold these values), job id, terminal ("1": the job ends: its uploads
+# are deleted, it leaves the active sets, its webhook is due), result ("" or the bytes to store
+# as the job's result), then field/value pairs to set.
 # Returns {1, previous status} when applied, {0, current status or ""} when not.
 _TRANSITION_LUA = """
 local current = redis.call('HGET', KEYS[1], 'status')
@@ -178,9 +196,22 @@ for s in string.gmatch(ARGV[2], '%S+') do
   if s == current then allowed = true end
 end
 if not allowed then return {0, current} end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], unpack(ARGV, 6))
+for field, value in pairs(cjson.decode(ARGV[6])) do
+  if redis.call('HGET', KEYS[1], field) ~= tostring(value) then return {0, current} end
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], unpack(ARGV, 10))
+if ARGV[9] ~= '' then redis.call('SET', KEYS[6], ARGV[9]) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event', 'status', 'data', ARGV[4])
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+if ARGV[8] == '1' then
+  redis.call('DEL', KEYS[4], KEYS[5])
+  local owner = redis.call('HGET', KEYS[1], 'owner') or ''
+  redis.call('ZREM', '__PREFIX__active', ARGV[7])
+  redis.call('ZREM', '__PREFIX__active:' .. owner, ARGV[7])
+  if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then
+    redis.call('ZADD', '__PREFIX__webhooks', redis.call('TIME')[1], ARGV[7])
+  end
+end
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then
   for i, key in ipairs(KEYS) do
@@ -188,7 +219,7 @@ if ttl > 0 then
   end
 end
 return {1, current}
-"""
+""".replace("__PREFIX__", PREFIX)
 
 
 def transition(
@@ -197,10 +228,14 @@ def transition(
     status: Status,
     allowed_from: tuple[Status, ...],
     ttl_s: int = 0,
+    guard: dict[str, str | int] | None = None,
+    result: bytes = b"",
     **fields: str | int | float,
 ) -> Any:
-    """Move a job to `status` if it is in one of `allowed_from`: set `fields`, append a status
-    event, count it, and when ttl_s > 0 let the job's keys expire after ttl_s seconds.
+    """Move a job to `status` if it is in one of `allowed_from` and its fields match `guard`:
+    set `fields` (and its `result`, if given), append a status event, count it, and when
+    ttl_s > 0 let the job's keys expire after ttl_s seconds. A job that ends loses its uploads
+    and becomes due for its webhook.
 
     Works with a sync or an asyncio Redis client (await the result with the latter); the result
     is [applied (0/1), previous or current status].
@@ -209,5 +244,8 @@ def transition(
     keys += [job_key(job_id, part) for part in JOB_PARTS if part != "events"]
     event = json.dumps({"status": status.value, **fields})
     pairs = [str(v) for item in fields.items() for v in item]
-    args = [status.value, " ".join(allowed_from), ttl_s, event, MAX_EVENTS, *pairs]
-    return client.eval(_TRANSITION_LUA, len(keys), *keys, *args)
+    terminal = "1" if status.terminal else "0"
+    guard_json = json.dumps({k: str(v) for k, v in (guard or {}).items()})
+    args = [status.value, " ".join(allowed_from), ttl_s, event, MAX_EVENTS, guard_json]
+    tail = [job_id, terminal, result, *pairs]
+    return client.eval(_TRANSITION_LUA, len(keys), *keys, *args, *tail)

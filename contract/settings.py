@@ -5,6 +5,7 @@ section "Configuration"). One class for both processes so that the values they m
 
 from __future__ import annotations
 
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +19,32 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DDNM_", protected_namespaces=())
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # the API server (`python -m service`)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    header_timeout_s: float = Field(default=10.0, gt=0, description="for a request's headers")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="between two parts of a body")
+    log_format: Literal["json", "text"] = "json"
+
+    # access: comma-separated API keys, each the key itself or "sha256:" + its hex digest; none:
+    # the API runs open, and only on a loopback address
+    api_keys: str = ""
+    allowed_hosts: str = Field(
+        default="", description="Host headers served; empty: loopback names when open, else any"
+    )
+    cors_origins: str = Field(default="", description="origins allowed by CORS; empty: none")
+    webhook_hosts: str = Field(default="", description="hosts webhooks may call; empty: none")
+    webhook_secret: str = Field(default="", description="signs the webhooks of an open API")
+    webhook_attempts: int = Field(default=5, gt=0)
+    webhook_backoff_s: float = Field(default=2.0, gt=0, description="doubling after each failure")
+
+    # admission, per API key and in all
+    rate_limit_per_minute: int = Field(default=120, gt=0, description="submissions per key")
+    max_active_jobs_per_key: int = Field(default=50, gt=0, description="unfinished jobs per key")
+    max_queued_jobs: int = Field(default=2000, gt=0, description="unfinished jobs in all")
+    max_streams_per_key: int = Field(default=100, gt=0, description="open event streams per key")
+    redis_connections: int = Field(default=64, gt=1, description="API's Redis connections")
 
     # the model a worker serves, and the one a spec without "model" asks for
     model: str = DEFAULT_MODEL
@@ -55,6 +82,19 @@ class Settings(BaseSettings):
     redelivery_check_s: float = Field(default=10.0, gt=0)
     heartbeat_s: float = Field(default=5.0, gt=0)
     progress_interval_s: float = Field(default=0.5, ge=0)
+    reaper_interval_s: float = Field(
+        default=5.0, gt=0, description="how often the API looks for jobs of dead workers"
+    )
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the API is bound to a loopback address only."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ip_address(self.host).is_loopback
+        except ValueError:
+            return False
 
     @model_validator(mode="after")
     def _visibility_outlasts_jobs(self) -> Settings:
@@ -68,3 +108,8 @@ class Settings(BaseSettings):
         if (self.model_file is None) != (self.model_config_file is None):
             raise ValueError("DDNM_MODEL_FILE and DDNM_MODEL_CONFIG_FILE go together")
         return self
+
+
+def split(value: str) -> list[str]:
+    """A comma-separated setting as its non-empty items."""
+    return [item.strip() for item in value.split(",") if item.strip()]

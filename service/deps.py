@@ -7,11 +7,16 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from contract.settings import Settings
+from service.events import EventHub
 from service.jobs import JobStore
 
 
 def get_store(request: Request) -> JobStore:
     return request.app.state.store
+
+
+def get_hub(request: Request) -> EventHub:
+    return request.app.state.hub
 
 
 def get_settings(request: Request) -> Settings:
@@ -20,3 +25,4 @@ def get_settings(request: Request) -> Settings:
 
 StoreDep = Annotated[JobStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+HubDep = Annotated[EventHub, Depends(get_hub)]

@@ -1,7 +1,9 @@
-"""The API's side of the job records (layout in `contract.jobs`): admit, read, cancel, stream.
+"""The API's side of the job records (layout in `contract.jobs`): admit, read, cancel, reap.
 
-Admission writes the record, the uploaded bytes and the first status event in one transaction,
-then enqueues the Celery task by name (the API never imports the worker code).
+Admission checks the caller's rate, quota and the queue's depth and counts the job as active in
+one script, writes the record, the uploaded pixels and the first status event in one transaction,
+then enqueues the Celery task by name (the API never imports the worker code). Every job is read
+through its owner: another key's job does not exist for the caller.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +21,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contract.jobs import (
+    ACTIVE_KEY,
     IDEMPOTENCY_KEY,
+    MAX_ATTEMPTS,
     MODELS_KEY,
+    RATE_KEY,
     WORKER_KEY,
     Heartbeat,
     JobRecord,
@@ -34,17 +39,40 @@ from contract.jobs import (
 from contract.settings import Settings
 from contract.spec import TaskSpec
 
-Enqueue = Callable[[str, str], None]  # (job id, queue name): sends the task
+Enqueue = Callable[[str, str, int], None]  # (job id, queue name, dispatch): sends the task
 # HSET KEYS[1] ARGV[1] ARGV[2] only while the job's status is running
 _FLAG_IF_RUNNING = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 """
+# Admission. KEYS: rate counter of this key and minute, active jobs of the key, all active jobs.
+# ARGV: rate limit, active jobs per key, active jobs in all, job id, now, oldest unfinished job
+# to count (older ones expired unfinished). Returns "ok", "rate", "quota" or "full".
+_ADMIT_LUA = """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[6])
+if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[1]) then return 'rate' end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return 'quota' end
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return 'full' end
+if redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], 120) end
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+return 'ok'
+"""
 ADMISSION_LEASE_S = 60  # an Idempotency-Key claimed by a request whose job is not stored yet
+QUOTA_RETRY_AFTER_S = 10  # after a refusal for too many unfinished jobs, or a full queue
 
 
 class IdempotencyConflict(ValueError):
     """The Idempotency-Key was used before with a different payload."""
+
+
+class Refused(Exception):
+    """Not admitted now (429 or 503): `detail` says why, `retry_after_s` when to try again."""
+
+    def __init__(self, status_code: int, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.status_code, self.detail, self.retry_after_s = status_code, detail, retry_after_s
 
 
 @dataclass(frozen=True)
@@ -58,6 +86,8 @@ class Admission:
     size: tuple[int, int]  # (height, width) of the restored image
     plan: dict[str, int] | None  # contract.tiling.TilePlan.summary(); None: one whole-image run
     predicted_evaluations: int
+    owner: str  # the caller's key id
+    webhook: str | None
 
 
 class JobStore:
@@ -78,14 +108,17 @@ class JobStore:
         return [Heartbeat.model_validate_json(v) for v in values if v is not None]
 
     async def admit(self, admission: Admission, idempotency_key: str | None) -> str:
-        """Create and enqueue a job; with an Idempotency-Key seen before, return its job instead.
+        """Create and enqueue a job; with an Idempotency-Key the caller used before, return its
+        job instead.
 
-        Raises IdempotencyConflict when the key was used with a different payload. When the job
-        cannot be stored or queued, the error goes on and the job is not left waiting forever:
-        it is marked failed and the key freed, so that the client can submit it again.
+        Raises IdempotencyConflict when the key was used with a different payload, Refused when
+        the caller is over its rate or quota or the queue is full. When the job cannot be stored
+        or queued, the error goes on and the job is not left waiting forever: it is marked failed
+        and the key freed, so that the client can submit it again.
         """
         job_id = uuid.uuid4().hex
-        key = None if idempotency_key is None else IDEMPOTENCY_KEY.format(idempotency_key)
+        owner = admission.owner
+        key = None if idempotency_key is None else IDEMPOTENCY_KEY.format(owner, idempotency_key)
         if key is not None:
             # claimed for ADMISSION_LEASE_S; stored with its job for idempotency_ttl_s
             claim = f"{job_id} {admission.upload_sha256}"
@@ -94,16 +127,44 @@ class JobStore:
         model = admission.spec.model
         assert model is not None, "admission resolves the model"
         try:
+            await self._count_in(job_id, owner)
             await self._create(job_id, admission, key)
-            await anyio.to_thread.run_sync(self.enqueue, job_id, queue_name(model))
+            await anyio.to_thread.run_sync(self.enqueue, job_id, queue_name(model), 0)
         except Exception:
-            await self._abandon(job_id, key)
+            await self._abandon(job_id, owner, key)
             raise
         return job_id
 
-    async def _abandon(self, job_id: str, key: str | None) -> None:
-        """After a failed admission: fail the job if it was stored, free the key if still ours
-        (best effort: Redis may be what failed)."""
+    async def _count_in(self, job_id: str, owner: str) -> None:
+        """Count the job against the caller's rate and quota and the queue's depth, or refuse."""
+        now, s = time.time(), self.settings
+        minute = int(now // 60)
+        keys = [RATE_KEY.format(owner, minute), f"{ACTIVE_KEY}:{owner}", ACTIVE_KEY]
+        limits = [s.rate_limit_per_minute, s.max_active_jobs_per_key, s.max_queued_jobs]
+        oldest = now - s.pending_ttl_s
+        verdict = as_text(
+            await self.redis.eval(_ADMIT_LUA, len(keys), *keys, *limits, job_id, now, oldest)
+        )
+        if verdict == "rate":
+            retry = max(1, int((minute + 1) * 60 - now) + 1)
+            raise Refused(
+                429, f"over the rate limit of {s.rate_limit_per_minute} jobs a minute", retry
+            )
+        if verdict == "quota":
+            raise Refused(
+                429,
+                f"this key has {s.max_active_jobs_per_key} unfinished jobs, its quota; wait for "
+                "some to end",
+                QUOTA_RETRY_AFTER_S,
+            )
+        if verdict == "full":
+            raise Refused(
+                503, "the service is full: its queue is at its limit", QUOTA_RETRY_AFTER_S
+            )
+
+    async def _abandon(self, job_id: str, owner: str, key: str | None) -> None:
+        """After a failed admission: fail the job if it was stored, uncount it, free the key if
+        still ours (best effort: Redis may be what failed)."""
         error = "the job could not be queued; submit it again"
         ttl = self.settings.job_ttl_s
         with contextlib.suppress(RedisError):
@@ -116,6 +177,8 @@ class JobStore:
                 finished_at=time.time(),
                 error=error,
             )
+            await self.redis.zrem(ACTIVE_KEY, job_id)
+            await self.redis.zrem(f"{ACTIVE_KEY}:{owner}", job_id)
             if key is not None and as_text(await self.redis.get(key) or "").startswith(job_id):
                 await self.redis.delete(key)
 
@@ -144,6 +207,8 @@ class JobStore:
             width=admission.size[1],
             plan=None if admission.plan is None else json.dumps(admission.plan),
             predicted_evaluations=admission.predicted_evaluations,
+            owner=admission.owner,
+            webhook=admission.webhook,
         )
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(job_key(job_id), mapping=record.to_redis())  # type: ignore[arg-type]
@@ -156,13 +221,15 @@ class JobStore:
             transition(pipe, job_id, Status.QUEUED, (Status.QUEUED,), ttl_s=ttl)
             await pipe.execute()
 
-    async def get(self, job_id: str) -> JobRecord | None:
+    async def get(self, job_id: str, owner: str) -> JobRecord | None:
+        """The job's record, if it exists and belongs to `owner`."""
         fields = await self.redis.hgetall(job_key(job_id))
-        return JobRecord.from_redis(fields) if fields else None
+        record = JobRecord.from_redis(fields) if fields else None
+        return record if record is not None and record.owner == owner else None
 
     async def cancel(self, job_id: str) -> None:
         """Ask a job to stop: a queued job is canceled at once, a running one at its next step
-        (the worker sees `cancel_requested_at`)."""
+        (the worker sees `cancel_requested_at`), or at once when its worker is dead."""
         now = time.time()
         applied, current = await transition(
             self.redis,
@@ -173,30 +240,76 @@ class JobStore:
             cancel_requested_at=now,
             finished_at=now,
         )
-        if not applied and as_text(current) == Status.RUNNING:
-            # atomically: not on a job that has ended meanwhile
-            await self.redis.eval(_FLAG_IF_RUNNING, 1, job_key(job_id), "cancel_requested_at", now)
+        if applied or as_text(current) != Status.RUNNING:
+            return
+        # atomically: not on a job that has ended meanwhile
+        await self.redis.eval(_FLAG_IF_RUNNING, 1, job_key(job_id), "cancel_requested_at", now)
+        worker = await self.redis.hget(job_key(job_id), "worker")
+        if worker is not None and not await self.redis.exists(WORKER_KEY.format(as_text(worker))):
+            await self._end_lost(job_id, as_text(worker), Status.CANCELED)
 
     async def result(self, job_id: str) -> bytes | None:
         png: Any = await self.redis.get(job_key(job_id, "result"))
         return png
 
-    async def events(self, job_id: str, last_id: str, block_s: float) -> AsyncIterator[str]:
-        """Server-sent events from the job's stream after `last_id`, until the job has ended;
-        a comment line every `block_s` seconds keeps idle connections open."""
-        stream = job_key(job_id, "events")
-        while True:
-            record = await self.get(job_id)
-            ended = record is None or record.status.terminal
-            answer: Any = await self.redis.xread(
-                {stream: last_id}, count=100, block=None if ended else int(block_s * 1000)
+    async def reap(self) -> list[str]:
+        """Hand every running job whose worker's heartbeat has expired back to the queue (or
+        end it: canceled if asked, failed after MAX_ATTEMPTS lost workers); the ids handled."""
+        members: Any = await self.redis.zrange(ACTIVE_KEY, 0, -1)
+        ids = [as_text(i) for i in members]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(job_key(job_id), "status", "worker")
+            rows = await pipe.execute()
+        running = {
+            job_id: as_text(worker)
+            for job_id, (status, worker) in zip(ids, rows, strict=True)
+            if status == b"running" and worker is not None
+        }
+        workers = sorted(set(running.values()))
+        alive = await self.redis.mget([WORKER_KEY.format(w) for w in workers]) if workers else []
+        dead = {w for w, beat in zip(workers, alive, strict=True) if beat is None}
+        reaped = [job_id for job_id, worker in running.items() if worker in dead]
+        for job_id in reaped:
+            await self._hand_back(job_id, running[job_id])
+        return reaped
+
+    async def _hand_back(self, job_id: str, worker: str) -> None:
+        record = JobRecord.from_redis(await self.redis.hgetall(job_key(job_id)))
+        if record.cancel_requested_at is not None:
+            await self._end_lost(job_id, worker, Status.CANCELED)
+        elif record.attempts >= MAX_ATTEMPTS:
+            error = f"its worker was lost in each of {record.attempts} attempts; not run again"
+            await self._end_lost(job_id, worker, Status.FAILED, error=error)
+        else:
+            dispatch = record.dispatch + 1
+            applied, _ = await transition(
+                self.redis,
+                job_id,
+                Status.QUEUED,
+                (Status.RUNNING,),
+                guard={"worker": worker, "attempts": record.attempts},
+                dispatch=dispatch,
+                step=0,
+                eta_s=0,
             )
-            entries = answer[0][1] if answer else []
-            for entry_id, fields in entries:
-                last_id = as_text(entry_id)
-                event, data = as_text(fields[b"event"]), as_text(fields[b"data"])
-                yield f"id: {last_id}\nevent: {event}\ndata: {data}\n\n"
-            if not entries:
-                if ended:
-                    return
-                yield ": keep-alive\n\n"
+            if applied:
+                await anyio.to_thread.run_sync(
+                    self.enqueue, job_id, queue_name(record.model), dispatch
+                )
+
+    async def _end_lost(
+        self, job_id: str, worker: str, status: Status, **fields: str | float
+    ) -> None:
+        """End a running job whose worker `worker` is dead."""
+        await transition(
+            self.redis,
+            job_id,
+            status,
+            (Status.RUNNING,),
+            self.settings.job_ttl_s,
+            guard={"worker": worker},
+            finished_at=time.time(),
+            eta_s=0,
+            **fields,
+        )

@@ -118,8 +118,25 @@ class Health(BaseModel):
     status: str = "ok"
 
 
+class WorkerState(BaseModel):
+    """A worker process as /readyz shows it to a caller with a key (no job ids)."""
+
+    worker: str
+    model: str
+    ready: bool
+    message: str
+    device: str
+
+    @classmethod
+    def of(cls, beat: Heartbeat) -> WorkerState:
+        return cls.model_validate(beat.model_dump(include=set(cls.model_fields)))
+
+
 class Readiness(BaseModel):
     ready: bool
     redis: bool
-    workers: list[Heartbeat]
+    workers_ready: int = Field(description="worker processes with their model loaded")
+    workers: list[WorkerState] | None = Field(
+        description="each worker process; only for a caller with a key (or on an open API)"
+    )
     problems: list[str] = Field(description="why not ready")

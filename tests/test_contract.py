@@ -219,10 +219,23 @@ def test_transition_is_conditional_and_records_an_event(redis: Redis) -> None:
     applied, current = transition(redis, "j1", Status.CANCELED, (Status.QUEUED,))
     assert (applied, current) == (0, b"running")
     assert redis.hget(job_key("j1"), "status") == b"running"
-    applied, _ = transition(redis, "j1", Status.SUCCEEDED, (Status.RUNNING,), ttl_s=60)
+    # a guard that does not hold: nothing changes
+    applied, _ = transition(redis, "j1", Status.SUCCEEDED, (Status.RUNNING,), guard={"worker": "v"})
+    assert applied == 0
+    applied, _ = transition(
+        redis,
+        "j1",
+        Status.SUCCEEDED,
+        (Status.RUNNING,),
+        ttl_s=60,
+        guard={"worker": "w"},
+        result=b"r",
+    )
     assert applied == 1
-    for key in (job_key("j1"), job_key("j1", "image"), job_key("j1", "events")):
+    for key in (job_key("j1"), job_key("j1", "result"), job_key("j1", "events")):
         assert 0 < redis.ttl(key) <= 60
+    assert redis.get(job_key("j1", "result")) == b"r"
+    assert not redis.exists(job_key("j1", "image"))  # uploads go as the job ends
     events = redis.xrange(job_key("j1", "events"))
     assert [json.loads(f[b"data"])["status"] for _, f in events] == ["running", "succeeded"]
     counts = redis.hgetall(JOBS_COUNTER_KEY)

@@ -19,13 +19,14 @@ from contract.jobs import (
     JobRecord,
     Status,
     job_key,
+    transition,
 )
 from contract.settings import Settings
 from ddnm.sampling import StepInfo
 from worker.celery_app import configure
 from worker.health import check
 from worker.heartbeat import HeartbeatThread, worker_id
-from worker.records import MAX_ATTEMPTS, JobCanceled, JobRun, JobTimedOut, WorkerStopping
+from worker.records import JobCanceled, JobLost, JobRun, JobTimedOut, WorkerStopping
 
 
 def queued(redis: Redis, job_id: str = "j") -> None:
@@ -49,49 +50,53 @@ def events(redis: Redis, job_id: str = "j") -> list[tuple[str, dict]]:
     return [(f[b"event"].decode(), json.loads(f[b"data"])) for _, f in entries]
 
 
-def test_claims_a_queued_job_and_again_after_a_lost_worker(redis: Redis) -> None:
+def test_claims_a_queued_job_once(redis: Redis) -> None:
     queued(redis)
-    assert JobRun(redis, Settings(), "j", "w1").start("ab") is not None
+    assert JobRun(redis, Settings(), "j", "w1").start("ab", 0) is not None
     assert (record(redis).status, record(redis).attempts, record(redis).worker) == (
         Status.RUNNING, 1, "w1",
     )  # fmt: skip
-    # handed out again after w1 was lost: w2 takes over
-    assert JobRun(redis, Settings(), "j", "w2").start("ab") is not None
-    assert (record(redis).attempts, record(redis).worker) == (2, "w2")
+    # the same message delivered twice: the job runs once
+    assert JobRun(redis, Settings(), "j", "w2").start("ab", 0) is None
+    assert (record(redis).attempts, record(redis).worker) == (1, "w1")
 
 
-def test_a_job_that_loses_its_worker_again_and_again_fails(redis: Redis) -> None:
+def test_a_job_handed_on_is_not_run_by_its_stale_message_nor_ended_by_its_old_worker(
+    redis: Redis,
+) -> None:
     queued(redis)
-    for attempt in range(1, MAX_ATTEMPTS + 1):  # each worker dies mid-job: no end recorded
-        assert JobRun(redis, Settings(), "j", f"w{attempt}").start("ab") is not None
-    assert JobRun(redis, Settings(job_ttl_s=100), "j", "last").start("ab") is None
-    lost = record(redis)
-    assert (lost.status, lost.attempts, lost.worker) == (Status.FAILED, MAX_ATTEMPTS, "w3")
-    assert lost.error == "its worker was lost in each of 3 attempts; not run again"
-    assert lost.finished_at is not None and 0 < redis.ttl(job_key("j")) <= 100
-    assert [data["status"] for kind, data in events(redis)][-1] == "failed"
-
-
-def test_a_job_canceled_while_its_worker_was_lost_is_not_run_again(redis: Redis) -> None:
-    queued(redis)
-    JobRun(redis, Settings(), "j", "w1").start("ab")
-    redis.hset(job_key("j"), "cancel_requested_at", time.time())  # DELETE: running, so flagged
-    assert JobRun(redis, Settings(), "j", "w2").start("ab") is None
-    assert (record(redis).status, record(redis).attempts) == (Status.CANCELED, 1)
+    old = JobRun(redis, Settings(), "j", "w1")
+    old.start("ab", 0)
+    old.on_step(info(1))
+    # the API found w1's heartbeat expired and handed the job on with a new message
+    applied, _ = transition(
+        redis, "j", Status.QUEUED, (Status.RUNNING,), guard=old.guard, dispatch=1
+    )
+    assert applied == 1
+    assert JobRun(redis, Settings(), "j", "w2").start("ab", 0) is None  # w1's, redelivered
+    new = JobRun(redis, Settings(), "j", "w3")
+    assert new.start("ab", 1) is not None
+    with pytest.raises(JobLost):  # w1 was alive after all: it stops at its next step ..
+        old.on_step(info(2))
+    old.succeed(b"stale")  # .. and could not end the job had it finished first
+    assert (record(redis).status, record(redis).worker, record(redis).attempts) == (
+        Status.RUNNING, "w3", 2,
+    )  # fmt: skip
+    assert not redis.exists(job_key("j", "result"))
 
 
 def test_skips_canceled_done_and_missing_jobs(redis: Redis) -> None:
     queued(redis)
     redis.hset(job_key("j"), "status", "canceled")
-    assert JobRun(redis, Settings(), "j", "w").start("ab") is None
+    assert JobRun(redis, Settings(), "j", "w").start("ab", 0) is None
     assert record(redis).status == Status.CANCELED
-    assert JobRun(redis, Settings(), "missing", "w").start("ab") is None
+    assert JobRun(redis, Settings(), "missing", "w").start("ab", 0) is None
 
 
 def test_cancel_request_stops_at_the_next_step(redis: Redis) -> None:
     queued(redis)
     run = JobRun(redis, Settings(), "j", "w")
-    run.start("ab")
+    run.start("ab", 0)
     run.on_step(info(1))
     redis.hset(job_key("j"), "cancel_requested_at", time.time())
     with pytest.raises(JobCanceled, match="step 2 of 10"):
@@ -104,14 +109,14 @@ def test_a_stopping_worker_puts_its_job_back_in_the_queue(redis: Redis) -> None:
     queued(redis)
     stopping = threading.Event()
     run = JobRun(redis, Settings(), "j", "w1", stopping)
-    run.start("ab")
+    run.start("ab", 0)
     run.on_step(info(1))
     stopping.set()  # SIGTERM
     with pytest.raises(WorkerStopping, match="step 2 of 10"):
         run.on_step(info(2))
     run.requeue()
     assert (record(redis).status, record(redis).step) == (Status.QUEUED, 0)
-    assert JobRun(redis, Settings(), "j", "w2").start("ab") is not None
+    assert JobRun(redis, Settings(), "j", "w2").start("ab", 0) is not None
     assert (record(redis).status, record(redis).attempts) == (Status.RUNNING, 2)
     statuses = [data["status"] for kind, data in events(redis) if kind == "status"]
     assert statuses == ["running", "queued", "running"]
@@ -120,7 +125,7 @@ def test_a_stopping_worker_puts_its_job_back_in_the_queue(redis: Redis) -> None:
 def test_time_limit(redis: Redis) -> None:
     queued(redis)
     run = JobRun(redis, Settings(job_time_limit_s=0.05, visibility_timeout_s=1), "j", "w")
-    run.start("ab")
+    run.start("ab", 0)
     run.on_step(info(1))
     time.sleep(0.06)
     with pytest.raises(JobTimedOut, match=r"time limit of 0\.05 s"):
@@ -130,7 +135,7 @@ def test_time_limit(redis: Redis) -> None:
 def test_progress_is_throttled_and_the_last_step_always_written(redis: Redis) -> None:
     queued(redis)
     run = JobRun(redis, Settings(progress_interval_s=60), "j", "w")
-    run.start("ab")
+    run.start("ab", 0)
     for step in range(1, 11):
         run.on_step(info(step))
     progress = [data["step"] for kind, data in events(redis) if kind == "progress"]
@@ -145,15 +150,16 @@ def test_success_stores_the_result_and_expires_the_job(redis: Redis) -> None:
     redis.set(job_key("j", "image"), b"upload")
     settings = Settings(job_ttl_s=100)
     run = JobRun(redis, settings, "j", "w")
-    run.start("ab")
+    run.start("ab", 0)
     run.on_step(info(1, 1))
     run.succeed(b"png bytes", consistency=1e-7)
     done = record(redis)
     assert done.status == Status.SUCCEEDED and done.consistency == 1e-7
     assert done.checkpoint_sha256 == "ab" and done.finished_at is not None
     assert redis.get(job_key("j", "result")) == b"png bytes"
-    for part in ("", "image", "result", "events"):
+    for part in ("", "result", "events"):
         assert 0 < redis.ttl(job_key("j", part)) <= 100, part
+    assert not redis.exists(job_key("j", "image"))  # deleted as the job ends
     assert [data["status"] for kind, data in events(redis) if kind == "status"] == [
         "running", "succeeded",
     ]  # fmt: skip
@@ -163,7 +169,7 @@ def test_success_stores_the_result_and_expires_the_job(redis: Redis) -> None:
 def test_failure_records_the_error(redis: Redis) -> None:
     queued(redis)
     run = JobRun(redis, Settings(), "j", "w")
-    run.start("ab")
+    run.start("ab", 0)
     run.fail("ValueError: bad")
     assert (record(redis).status, record(redis).error) == (Status.FAILED, "ValueError: bad")
 

@@ -16,6 +16,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from contract.jobs import MODELS_KEY, queue_name
+from contract.logs import configure_logging
 from contract.settings import Settings
 from pipeline.models import ServedModel, load_model
 from worker import tasks
@@ -41,8 +42,8 @@ def load_until_ready(settings: Settings, heartbeat: HeartbeatThread) -> ServedMo
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings()
+    configure_logging(settings.log_format)
     this_worker = worker_id(os.getpid())
     redis = Redis.from_url(settings.redis_url, retry=REDIS_RETRY)
     heartbeat = HeartbeatThread(redis, settings, this_worker)

@@ -24,11 +24,14 @@ from contract.jobs import (
 from contract.settings import Settings
 from ddnm.sampling import StepInfo
 
-MAX_ATTEMPTS = 3  # workers a job may lose before it fails instead of running again
-
 
 class JobCanceled(Exception):
     """The job was canceled (DELETE /jobs/{id}); raised from the sampler's callback to stop it."""
+
+
+class JobLost(Exception):
+    """The job is no longer this worker's: the API handed it to the queue again (this worker's
+    heartbeat had expired); raised from the sampler's callback, the attempt ends unrecorded."""
 
 
 class JobTimedOut(Exception):
@@ -65,53 +68,51 @@ class JobRun:
         self.settings = settings
         self.job_id = job_id
         self.worker_id = worker_id
+        self.attempt = 0  # set by start
         self.started = self.last_step = time.monotonic()
         self.last_write = -float("inf")
         self.step_seconds: list[float] = []  # not yet written to the histogram
 
-    def start(self, checkpoint_sha256: str) -> JobRecord | None:
-        """Claim the job (queued, or running when a lost worker's attempt is handed out again)
-        for the model with this checkpoint; None when it is gone, canceled or already done, and
-        when it is not run again after a lost worker (see `_ended_after_lost_worker`)."""
+    def start(self, checkpoint_sha256: str, dispatch: int) -> JobRecord | None:
+        """Claim the queued job for the model with this checkpoint, if the task message is its
+        current one (`dispatch`); None when it is gone, canceled, running or done, or when the
+        message is a stale one (redelivered after the job was handed on)."""
         fields = self.redis.hgetall(job_key(self.job_id))
         if not fields:
             return None
         record = JobRecord.from_redis(fields)
-        if record.status == Status.RUNNING and self._ended_after_lost_worker(record):
-            return None
+        self.attempt = record.attempts + 1
         applied, _ = transition(
             self.redis,
             self.job_id,
             Status.RUNNING,
-            (Status.QUEUED, Status.RUNNING),
+            (Status.QUEUED,),
+            guard={"dispatch": dispatch},
             worker=self.worker_id,
             checkpoint_sha256=checkpoint_sha256,
-            attempts=record.attempts + 1,
+            attempts=self.attempt,
             started_at=time.time(),
             step=0,
             total=0,
         )
         return record if applied else None
 
-    def _ended_after_lost_worker(self, record: JobRecord) -> bool:
-        """A running job handed out again lost its worker. It ends here, not run again, when it
-        was canceled meanwhile or has lost MAX_ATTEMPTS workers (a job that kills every worker
-        that runs it, e.g. out of memory, must not go round forever). True when it ended."""
-        if record.cancel_requested_at is not None:
-            self._finish(self.redis, Status.CANCELED)
-        elif record.attempts >= MAX_ATTEMPTS:
-            error = f"its worker was lost in each of {record.attempts} attempts; not run again"
-            self._finish(self.redis, Status.FAILED, error=error)
-        else:
-            return False
-        return True
+    @property
+    def guard(self) -> dict[str, str | int]:
+        """What the job's record holds while this attempt is its current one."""
+        return {"worker": self.worker_id, "attempts": self.attempt}
 
     def on_step(self, info: StepInfo) -> None:
         """Sampler callback: stop if canceled or out of time; write progress now and then."""
         now = time.monotonic()
         self.step_seconds.append(now - self.last_step)
         self.last_step = now
-        if self.redis.hexists(job_key(self.job_id), "cancel_requested_at"):
+        canceled, worker, attempts = self.redis.hmget(
+            job_key(self.job_id), "cancel_requested_at", "worker", "attempts"
+        )
+        if (worker, attempts) != (self.worker_id.encode(), str(self.attempt).encode()):
+            raise JobLost(f"handed on at step {info.step} of {info.total}")
+        if canceled is not None:
             raise JobCanceled(f"canceled at step {info.step} of {info.total}")
         if self.stopping is not None and self.stopping.is_set():
             raise WorkerStopping(f"worker stopping at step {info.step} of {info.total}")
@@ -152,29 +153,33 @@ class JobRun:
         """Back to queued, for another worker (the job's message goes back to the queue)."""
         with self.redis.pipeline(transaction=True) as pipe:
             _observe(pipe, STEP_SECONDS, self.step_seconds)
-            transition(pipe, self.job_id, Status.QUEUED, (Status.RUNNING,), step=0, eta_s=0)
+            transition(
+                pipe,
+                self.job_id,
+                Status.QUEUED,
+                (Status.RUNNING,),
+                guard=self.guard,
+                step=0,
+                eta_s=0,
+            )
             pipe.execute()
 
     def _end(self, status: Status, png: bytes | None, **fields: str | float) -> None:
-        ttl = self.settings.job_ttl_s
+        """The attempt's final status change (with the result, if any), if the job is still
+        this attempt's; the job's keys expire DDNM_JOB_TTL_S from now."""
         with self.redis.pipeline(transaction=True) as pipe:
-            if png is not None:
-                pipe.set(job_key(self.job_id, "result"), png, ex=ttl)
             _observe(pipe, STEP_SECONDS, self.step_seconds)
             _observe(pipe, JOB_SECONDS, [time.monotonic() - self.started])
-            self._finish(pipe, status, **fields)
+            transition(
+                pipe,
+                self.job_id,
+                status,
+                (Status.RUNNING,),
+                self.settings.job_ttl_s,
+                guard=self.guard,
+                result=png or b"",
+                finished_at=time.time(),
+                eta_s=0,
+                **fields,
+            )
             pipe.execute()
-
-    def _finish(self, client: Redis | Pipeline, status: Status, **fields: str | float) -> None:
-        """The running job's final status change; its keys expire DDNM_JOB_TTL_S from now."""
-        ttl = self.settings.job_ttl_s
-        transition(
-            client,
-            self.job_id,
-            status,
-            (Status.RUNNING,),
-            ttl,
-            finished_at=time.time(),
-            eta_s=0,
-            **fields,
-        )

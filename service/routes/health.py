@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 from redis.exceptions import RedisError
 
+from service.auth import OptionalCallerDep
 from service.deps import StoreDep
 from service.metrics import render_metrics
-from service.schemas import Health, Readiness
+from service.schemas import Health, Readiness, WorkerState
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
@@ -20,19 +24,27 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", responses={503: {"model": Readiness}})
-async def readyz(store: StoreDep) -> JSONResponse:
-    """Ready when Redis answers and at least one worker has its model loaded."""
+async def readyz(store: StoreDep, caller: OptionalCallerDep) -> JSONResponse:
+    """Ready when Redis answers and at least one worker has its model loaded. Worker names and
+    their problems are shown to callers with a key only."""
     try:
         await store.redis.ping()
-        workers = await store.heartbeats()
+        beats = await store.heartbeats()
     except RedisError as err:
-        body = Readiness(ready=False, redis=False, workers=[], problems=[f"redis: {err}"])
+        log.warning("readiness: job store unavailable: %r", err)
+        body = Readiness(
+            ready=False, redis=False, workers_ready=0, workers=None, problems=["redis unreachable"]
+        )
         return JSONResponse(body.model_dump(mode="json"), 503)
-    problems = [f"worker {w.worker}: {w.message}" for w in workers if not w.ready]
-    ready = any(w.ready for w in workers)
-    if not ready:
-        problems.append("no worker with a loaded model")
-    body = Readiness(ready=ready, redis=True, workers=workers, problems=problems)
+    ready = sum(b.ready for b in beats)
+    problems = [] if ready else ["no worker with a loaded model"]
+    workers = None
+    if caller is not None:
+        workers = [WorkerState.of(b) for b in beats]
+        problems += [f"worker {b.worker}: {b.message}" for b in beats if not b.ready]
+    body = Readiness(
+        ready=ready > 0, redis=True, workers_ready=ready, workers=workers, problems=problems
+    )
     return JSONResponse(body.model_dump(mode="json"), 200 if ready else 503)
 
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 import hashlib
 import secrets
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import anyio
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Response, UploadFile
 from pydantic import ValidationError
 
 from contract.jobs import ModelInfo
-from contract.settings import Settings
+from contract.settings import Settings, split
 from contract.spec import Shape, TaskSpec
 from contract.tiling import TilePlan
+from service.auth import Caller, CallerDep
 from service.deps import StoreDep
 from service.jobs import Admission, IdempotencyConflict, JobStore
 from service.schemas import Error, Job, describe_error
@@ -45,30 +47,39 @@ async def multipart_only(content_type: Annotated[str, Header()] = "") -> None:
     status_code=202,
     dependencies=[Depends(multipart_only)],
     responses={
+        401: {"model": Error},
         409: {"model": Error},
         413: {"model": Error},
         415: {"model": Error},
         422: {"model": Error},
+        429: {"model": Error},
         503: {"model": Error},
     },
 )
 async def restore(
     response: Response,
     store: StoreDep,
+    caller: CallerDep,
     image: Annotated[
         UploadFile | None, File(description="the degraded image y (PNG/JPEG/WebP)")
     ] = None,
     spec: Annotated[str | None, Form(description=SPEC_HELP)] = None,
     mask: Annotated[UploadFile | None, File(description="inpainting mask, white = known")] = None,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    webhook: Annotated[
+        str | None, Form(description="URL called with the job record when the job ends")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None, Header(min_length=1, max_length=200, description="scoped to the API key")
+    ] = None,
 ) -> Job:
     """Admit a restoration job; `Location` points at its record."""
-    admission = await _check(store, image, spec, mask)
+    webhook = _check_webhook(store.settings, caller, webhook)
+    admission = await _check(store, caller, image, spec, mask, webhook)
     try:
         job_id = await store.admit(admission, idempotency_key)
     except IdempotencyConflict as err:
         raise HTTPException(422, str(err)) from err
-    record = await store.get(job_id)
+    record = await store.get(job_id, caller.owner)
     if record is None:  # a replay racing the first request, or of a job that has expired
         raise HTTPException(
             409, "the job of this Idempotency-Key is being admitted or has expired; retry later"
@@ -77,8 +88,33 @@ async def restore(
     return Job.from_record(job_id, record)
 
 
+def _check_webhook(settings: Settings, caller: Caller, url: str | None) -> str | None:
+    """The webhook URL if it may be called: http(s), to a host of DDNM_WEBHOOK_HOSTS, with a
+    secret to sign it; else 422 saying why."""
+    if url is None:
+        return None
+    hosts = split(settings.webhook_hosts)
+    if not hosts:
+        raise HTTPException(422, "webhook: webhooks are not enabled on this service")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2000:
+        raise HTTPException(422, "webhook: send an http:// or https:// URL")
+    if parts.hostname not in hosts:
+        raise HTTPException(422, f"webhook: host {parts.hostname!r} is not one of {hosts}")
+    if not caller.secret:
+        raise HTTPException(
+            422, "webhook: an open API signs webhooks with DDNM_WEBHOOK_SECRET, which is not set"
+        )
+    return url
+
+
 async def _check(
-    store: JobStore, image: UploadFile | None, spec_text: str | None, mask: UploadFile | None
+    store: JobStore,
+    caller: Caller,
+    image: UploadFile | None,
+    spec_text: str | None,
+    mask: UploadFile | None,
+    webhook: str | None,
 ) -> Admission:
     if spec_text is None:
         raise HTTPException(422, f"spec: missing; send the {SPEC_HELP} as form field 'spec'")
@@ -91,7 +127,7 @@ async def _check(
     mask_bytes = await _check_mask(store, spec, x_shape, mask)
     seed = spec.seed if spec.seed is not None else secrets.randbelow(2**31)
     digest = hashlib.sha256(spec.model_dump_json().encode())
-    for part in (checked.data, mask_bytes or b""):
+    for part in (checked.data, mask_bytes or b"", (webhook or "").encode()):
         digest.update(hashlib.sha256(part).digest())
     return Admission(
         spec=spec.model_copy(update={"model": info.name, "seed": seed}),
@@ -101,6 +137,8 @@ async def _check(
         size=(x_shape[1], x_shape[2]),
         plan=None if plan is None else plan.summary(),
         predicted_evaluations=cost,
+        owner=caller.owner,
+        webhook=webhook,
     )
 
 
