@@ -298,9 +298,7 @@ class JobStore:
                     self.enqueue, job_id, queue_name(record.model), dispatch
                 )
 
-    async def _end_lost(
-        self, job_id: str, worker: str, status: Status, **fields: str | float
-    ) -> None:
+    async def _end_lost(self, job_id: str, worker: str, status: Status, error: str = "") -> None:
         """End a running job whose worker `worker` is dead."""
         await transition(
             self.redis,
@@ -311,5 +309,5 @@ class JobStore:
             guard={"worker": worker},
             finished_at=time.time(),
             eta_s=0,
-            **fields,
+            **({"error": error} if error else {}),
         )

@@ -28,11 +28,11 @@ from cli.embedded import REPO, RedisServer
 from contract.jobs import (
     IDEMPOTENCY_KEY,
     MODELS_KEY,
+    OPEN_OWNER,
     WORKER_KEY,
     Heartbeat,
     JobRecord,
     ModelInfo,
-    OPEN_OWNER,
     job_key,
     queue_name,
 )

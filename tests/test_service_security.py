@@ -175,8 +175,8 @@ def test_redis_at_its_memory_cap_is_a_clean_503_with_nothing_half_stored() -> No
 
 def running_job(redis: Redis, job_id: str, worker: str, attempts: int = 1) -> None:
     record = JobRecord(
-        status=Status.QUEUED, created_at=time.time(), spec=json.dumps(SR4), model=MODEL.name, seed=1,
-        upload_sha256="", owner="open",
+        status=Status.QUEUED, created_at=time.time(), spec=json.dumps(SR4), model=MODEL.name,
+        seed=1, upload_sha256="", owner="open",
     )  # fmt: skip
     redis.hset(job_key(job_id), mapping=record.to_redis())
     redis.zadd(ACTIVE_KEY, {job_id: time.time()})
