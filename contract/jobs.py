@@ -230,20 +230,21 @@ def transition(
     ttl_s: int = 0,
     guard: dict[str, str | int] | None = None,
     result: bytes = b"",
-    **fields: str | int | float,
+    **fields: str | int | float | None,
 ) -> Any:
     """Move a job to `status` if it is in one of `allowed_from` and its fields match `guard`:
-    set `fields` (and its `result`, if given), append a status event, count it, and when
-    ttl_s > 0 let the job's keys expire after ttl_s seconds. A job that ends loses its uploads
-    and becomes due for its webhook.
+    set `fields` (those not None) and its `result`, if given; append a status event, count
+    it, and when ttl_s > 0 let the job's keys expire after ttl_s seconds. A job that ends loses
+    its uploads and becomes due for its webhook.
 
     Works with a sync or an asyncio Redis client (await the result with the latter); the result
     is [applied (0/1), previous or current status].
     """
     keys = [job_key(job_id), job_key(job_id, "events"), JOBS_COUNTER_KEY]
     keys += [job_key(job_id, part) for part in JOB_PARTS if part != "events"]
-    event = json.dumps({"status": status.value, **fields})
-    pairs = [str(v) for item in fields.items() for v in item]
+    written = {k: v for k, v in fields.items() if v is not None}
+    event = json.dumps({"status": status.value, **written})
+    pairs = [str(v) for item in written.items() for v in item]
     terminal = "1" if status.terminal else "0"
     guard_json = json.dumps({k: str(v) for k, v in (guard or {}).items()})
     args = [status.value, " ".join(allowed_from), ttl_s, event, MAX_EVENTS, guard_json]

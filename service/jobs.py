@@ -298,7 +298,9 @@ class JobStore:
                     self.enqueue, job_id, queue_name(record.model), dispatch
                 )
 
-    async def _end_lost(self, job_id: str, worker: str, status: Status, error: str = "") -> None:
+    async def _end_lost(
+        self, job_id: str, worker: str, status: Status, error: str | None = None
+    ) -> None:
         """End a running job whose worker `worker` is dead."""
         await transition(
             self.redis,
@@ -309,5 +311,5 @@ class JobStore:
             guard={"worker": worker},
             finished_at=time.time(),
             eta_s=0,
-            **({"error": error} if error else {}),
+            error=error,
         )

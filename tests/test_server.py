@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.logs import JsonFormatter, configure_logging, uvicorn_log_config
 from contract.settings import Settings
@@ -332,33 +333,35 @@ class Client:
     """The server side of one request: the messages `receive()` hands out (None: wait forever,
     a number: wait that long first), and what the app sent."""
 
-    def __init__(self, *messages: dict | float | None) -> None:
+    def __init__(self, *messages: Message | float | None) -> None:
         self.messages = list(messages)
-        self.sent: list[dict] = []
+        self.sent: list[Message] = []
 
-    async def receive(self) -> dict:
-        while self.messages and not isinstance(self.messages[0], dict):
-            wait = self.messages.pop(0)
-            await asyncio.sleep(3600 if wait is None else wait)  # type: ignore[arg-type]
-        return self.messages.pop(0) if self.messages else {"type": "http.disconnect"}  # type: ignore[return-value]
+    async def receive(self) -> Message:
+        while self.messages:
+            item = self.messages.pop(0)
+            if item is not None and not isinstance(item, float | int):
+                return item
+            await asyncio.sleep(3600 if item is None else item)
+        return {"type": "http.disconnect"}
 
-    async def send(self, message: dict) -> None:
+    async def send(self, message: Message) -> None:
         self.sent.append(message)
 
 
-HTTP_SCOPE = {"type": "http", "method": "POST", "path": "/", "headers": []}
+HTTP_SCOPE: Scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
 
 
-def chunk(body: bytes, more: bool) -> dict:
+def chunk(body: bytes, more: bool) -> Message:
     return {"type": "http.request", "body": body, "more_body": more}
 
 
-async def answer(send, status: int, body: bytes = b"") -> None:  # type: ignore[no-untyped-def]
+async def answer(send: Send, status: int, body: bytes = b"") -> None:
     await send({"type": "http.response.start", "status": status, "headers": []})
     await send({"type": "http.response.body", "body": body})
 
 
-async def read_body_app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+async def read_body_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Read the body, answering 400 on a disconnect (as FastAPI does), else 200 with it."""
     body = b""
     while True:
@@ -372,7 +375,7 @@ async def read_body_app(scope, receive, send) -> None:  # type: ignore[no-untype
     await answer(send, 200, body)
 
 
-def run_app(app, client: Client, timeout_s: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+def run_app(app: ASGIApp, client: Client, timeout_s: float = 0.05) -> None:
     asyncio.run(
         asyncio.wait_for(BodyTimeout(app, timeout_s)(HTTP_SCOPE, client.receive, client.send), 5)
     )
@@ -388,7 +391,7 @@ def test_a_stalled_body_gets_408_and_the_apps_answer_is_dropped() -> None:
 
 
 def test_a_body_in_time_passes_and_the_wait_after_it_is_untimed() -> None:
-    async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await read_body_app(scope, receive, send)
         assert (await receive())["type"] == "http.disconnect"  # the client's, after 0.2 s
 
@@ -399,7 +402,7 @@ def test_a_body_in_time_passes_and_the_wait_after_it_is_untimed() -> None:
 
 
 def test_an_app_failing_on_the_timeout_is_quiet_and_other_failures_are_not() -> None:
-    async def fragile(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    async def fragile(scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] == "http.disconnect":
             raise RuntimeError("client disconnected")
         raise ValueError("a bug")
@@ -412,7 +415,7 @@ def test_an_app_failing_on_the_timeout_is_quiet_and_other_failures_are_not() -> 
 
 
 def test_a_stalled_body_after_the_response_started_gets_no_408() -> None:
-    async def streaming(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         message = await receive()
         await send({"type": "http.response.body", "body": message["type"].encode()})
@@ -426,7 +429,7 @@ def test_a_stalled_body_after_the_response_started_gets_no_408() -> None:
 def test_other_scopes_pass_untouched() -> None:
     seen: list[str] = []
 
-    async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
         seen.append(scope["type"])
 
     asyncio.run(BodyTimeout(app, 0.01)({"type": "lifespan"}, Client().receive, Client().send))
