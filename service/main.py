@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from celery import Celery
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.jobs import CELERY_WIRE, TASK_NAME
 from contract.settings import Settings, split
+from service import webhooks
 from service.auth import Keys
 from service.events import EventHub, TooManyStreams
 from service.jobs import Enqueue, JobStore, Refused
@@ -121,15 +123,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reader = redis_client(settings, 2)
         app.state.store = store = JobStore(redis, settings, celery_enqueue(settings))
         app.state.hub = hub = EventHub(redis, reader, settings.max_streams_per_key)
+        http = httpx.AsyncClient(timeout=webhooks.TIMEOUT_S, follow_redirects=False)
         tasks = [
             asyncio.create_task(hub.run()),
             asyncio.create_task(reap_forever(store, settings.reaper_interval_s)),
+            asyncio.create_task(webhooks.Deliverer(store, keys, http).run()),
         ]
         yield
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await http.aclose()
         await reader.aclose()
         await redis.aclose()
 

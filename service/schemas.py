@@ -42,6 +42,12 @@ class Evaluation(BaseModel):
     ssim: float
 
 
+class WebhookDelivery(BaseModel):
+    at: float = Field(description="unix time of the call")
+    status: int | None = Field(default=None, description="the receiver's HTTP status")
+    error: str | None = Field(default=None, description="why there was no answer")
+
+
 class Job(BaseModel):
     id: str
     status: Status
@@ -73,6 +79,8 @@ class Job(BaseModel):
     evaluation: Evaluation | None
     result_url: str | None = Field(description="the PNG, once succeeded")
     events_url: str
+    webhook: str | None = Field(description="called with this record when the job ends")
+    webhook_deliveries: list[WebhookDelivery] = Field(description="calls of the webhook so far")
 
     @classmethod
     def from_record(cls, job_id: str, record: JobRecord) -> Job:
@@ -102,6 +110,8 @@ class Job(BaseModel):
             evaluation=evaluation,
             result_url=f"/jobs/{job_id}/result" if succeeded else None,
             events_url=f"/jobs/{job_id}/events",
+            webhook=record.webhook,
+            webhook_deliveries=json.loads(record.webhook_deliveries or "[]"),
         )
 
 

@@ -5,20 +5,27 @@ worker processes are in test_service_drills.py."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import hmac
+import itertools
 import json
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
+from redis.exceptions import OutOfMemoryError
 
-from cli.embedded import RedisServer
+from cli.embedded import RedisServer, wait_for
 from contract.jobs import (
     ACTIVE_KEY,
     MAX_ATTEMPTS,
     MODELS_KEY,
+    WEBHOOKS_KEY,
     WORKER_KEY,
     Heartbeat,
     JobRecord,
@@ -158,12 +165,11 @@ def test_redis_at_its_memory_cap_is_a_clean_503_with_nothing_half_stored() -> No
         with app_client(url) as c:
             submit(c, {})  # room for one
             filler = 0
-            while True:  # fill Redis to its cap
-                try:
-                    r.set(f"filler:{filler}", b"x" * 100_000)
-                except Exception:
-                    break
-                filler += 1
+            for size in (100_000, 1_000, 10):  # fill Redis to its cap, to the last bytes
+                with contextlib.suppress(OutOfMemoryError):
+                    while True:
+                        r.set(f"filler:{filler}", b"x" * size)
+                        filler += 1
             before = sorted(r.keys("ddnm:*"))
             response = c.post("/restore", **request())
             assert response.status_code == 503
@@ -253,3 +259,57 @@ def test_events_end_after_the_final_status_even_when_resumed_past_it(
         events = parse_events(c.get(f"/jobs/{job_id}/events").text)
         last = events[-1]["id"]
         assert c.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": last}).text == ""
+
+
+class Receiver(ThreadingHTTPServer):
+    """A webhook receiver on loopback that answers 500 to its first `failures` calls."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[tuple[dict[str, str], bytes, int]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status = 500 if len(receiver.calls) < receiver.failures else 204
+                receiver.calls.append((dict(self.headers), body, status))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+def test_webhook_signed_retried_with_backoff_and_recorded(redis: Redis, redis_url: str) -> None:
+    receiver = Receiver(failures=2)
+    settings = {"api_keys": ALICE, "webhook_hosts": "127.0.0.1", "webhook_backoff_s": 0.3}
+    with app_client(redis_url, **settings) as c:
+        refused = c.post(
+            "/restore", headers=AS_ALICE, data={"webhook": "http://10.0.0.1/x"}, **request()
+        )
+        assert refused.status_code == 422 and "is not one of ['127.0.0.1']" in refused.text
+        job_id = submit(c, AS_ALICE, data={"webhook": receiver.url})
+        c.delete(f"/jobs/{job_id}", headers=AS_ALICE)  # ends it: canceled
+        wait_for(lambda: len(receiver.calls) == 3, "three webhook calls", 10.0)
+        job = c.get(f"/jobs/{job_id}", headers=AS_ALICE).json()
+    receiver.shutdown()
+    assert [d["status"] for d in job["webhook_deliveries"]] == [500, 500, 204]
+    gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(job["webhook_deliveries"])]
+    assert 0.3 <= gaps[0] < gaps[1] and gaps[1] >= 0.6  # the backoff doubles
+    secret = hashlib.sha256(ALICE.encode()).hexdigest()  # the key's digest
+    for headers, body, _ in receiver.calls:
+        timestamp = int(headers["X-DDNM-Timestamp"])
+        expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+        assert headers["X-DDNM-Signature"] == f"v1={expected.hexdigest()}"
+        assert abs(time.time() - timestamp) < 30
+        assert json.loads(body)["id"] == job_id and json.loads(body)["status"] == "canceled"
+    assert not redis.zcard(WEBHOOKS_KEY)  # delivered: no longer due
