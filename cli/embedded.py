@@ -115,11 +115,15 @@ class RedisServer:
         self._spawn(self.tmp.name)
         return self.url
 
-    def restart(self, down_s: float = 0.0) -> None:
-        """Shut it down (SIGTERM: a clean shutdown) and start it again on the same port
-        `down_s` seconds later."""
+    def restart(self, down_s: float = 0.0, crash: bool = False) -> None:
+        """Shut it down (SIGTERM: a clean shutdown; SIGKILL with `crash`) and start it again on
+        the same port `down_s` seconds later."""
         assert self.process is not None and self.tmp is not None, "not started"
-        stop_processes([self.process])
+        if crash:
+            _signal_group(self.process, signal.SIGKILL)
+            self.process.wait()
+        else:
+            stop_processes([self.process])
         time.sleep(down_s)
         self._spawn(self.tmp.name)
 

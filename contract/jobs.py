@@ -75,6 +75,8 @@ class JobRecord(BaseModel):
     owner: str = ""  # id of the API key that made it (OPEN_OWNER on an open API)
     webhook: str | None = None  # URL called when it ends
     cancel_requested_at: float | None = None
+    queued_at: float | None = None  # when it was last handed back to the queue (else created_at)
+    redispatched_at: float | None = None  # when its task message was last sent again
     # the task message that may start it: incremented when the API hands the job of a dead worker
     # to the queue again, so that the dead worker's own message, redelivered later, is ignored
     dispatch: int = 0
@@ -126,7 +128,7 @@ class Heartbeat(BaseModel):
     message: str = ""
     info: ModelInfo | None = None
     device: str = ""
-    job: str | None = None
+    jobs: list[str] = []  # the jobs it is running now
     at: float
 
 

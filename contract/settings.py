@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(
         default=5.0, gt=0, description="how often the API looks for jobs of dead workers"
     )
+    redispatch_s: float = Field(
+        default=60.0, gt=0, description="a job queued this long with its queue empty is resent"
+    )
 
     @property
     def loopback(self) -> bool:

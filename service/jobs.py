@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from contract.jobs import (
     ACTIVE_KEY,
+    HEARTBEAT_MISSES,
     IDEMPOTENCY_KEY,
     MAX_ATTEMPTS,
     MODELS_KEY,
@@ -252,30 +253,55 @@ class JobStore:
         png: Any = await self.redis.get(job_key(job_id, "result"))
         return png
 
-    async def reap(self) -> list[str]:
-        """Hand every running job whose worker's heartbeat has expired back to the queue (or
-        end it: canceled if asked, failed after MAX_ATTEMPTS lost workers); the ids handled."""
+    async def reap(self) -> dict[str, str]:
+        """Repair the jobs whose worker or task message is gone: {job id: what was done}.
+
+        A job running under a worker whose heartbeat has expired, or that its live worker does
+        not list as its own (its end was lost, e.g. with a Redis crash), is handed back to the
+        queue with a new message (`_hand_back`). A job queued for DDNM_REDISPATCH_S while its
+        model's queue is empty has lost its message (taken by a worker as Redis crashed): the
+        message is sent again, with the same dispatch, so that whichever copy comes first runs
+        it and the other is skipped.
+        """
         members: Any = await self.redis.zrange(ACTIVE_KEY, 0, -1)
         ids = [as_text(i) for i in members]
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hmget(job_key(job_id), "status", "worker")
+                pipe.hgetall(job_key(job_id))
             rows = await pipe.execute()
-        running = {
-            job_id: as_text(worker)
-            for job_id, (status, worker) in zip(ids, rows, strict=True)
-            if status == b"running" and worker is not None
-        }
-        workers = sorted(set(running.values()))
-        alive = await self.redis.mget([WORKER_KEY.format(w) for w in workers]) if workers else []
-        dead = {w for w, beat in zip(workers, alive, strict=True) if beat is None}
-        reaped = [job_id for job_id, worker in running.items() if worker in dead]
-        for job_id in reaped:
-            await self._hand_back(job_id, running[job_id])
-        return reaped
+        records = {i: JobRecord.from_redis(row) for i, row in zip(ids, rows, strict=True) if row}
+        beats = {b.worker: b for b in await self.heartbeats()}
+        models = sorted({r.model for r in records.values()})
+        empty = {m for m in models if not await self.redis.llen(queue_name(m))}  # before repairs
+        repaired = {}
+        for job_id, record in records.items():
+            done = await self._repair(job_id, record, beats, empty)
+            if done is not None:
+                repaired[job_id] = done
+        return repaired
 
-    async def _hand_back(self, job_id: str, worker: str) -> None:
-        record = JobRecord.from_redis(await self.redis.hgetall(job_key(job_id)))
+    async def _repair(
+        self, job_id: str, record: JobRecord, beats: dict[str, Heartbeat], empty: set[str]
+    ) -> str | None:
+        now, s = time.time(), self.settings
+        if record.status == Status.RUNNING and record.worker is not None:
+            beat = beats.get(record.worker)
+            settled = now - (record.started_at or now) > s.heartbeat_s * HEARTBEAT_MISSES
+            if beat is None or (settled and job_id not in beat.jobs):
+                await self._hand_back(job_id, record, record.worker)
+                return "handed back: its worker died" if beat is None else "handed back: orphaned"
+        elif record.status == Status.QUEUED:
+            waited = now - max(record.queued_at or record.created_at, record.redispatched_at or 0.0)
+            if waited > s.redispatch_s and record.model in empty:
+                await self.redis.hset(job_key(job_id), "redispatched_at", now)
+                queue = queue_name(record.model)
+                await anyio.to_thread.run_sync(self.enqueue, job_id, queue, record.dispatch)
+                return "its lost task message sent again"
+        return None
+
+    async def _hand_back(self, job_id: str, record: JobRecord, worker: str) -> None:
+        """A running job whose worker is lost: queued again with a new message (the old one,
+        if ever redelivered, is stale), canceled if asked, failed after MAX_ATTEMPTS."""
         if record.cancel_requested_at is not None:
             await self._end_lost(job_id, worker, Status.CANCELED)
         elif record.attempts >= MAX_ATTEMPTS:
@@ -290,6 +316,7 @@ class JobStore:
                 (Status.RUNNING,),
                 guard={"worker": worker, "attempts": record.attempts},
                 dispatch=dispatch,
+                queued_at=time.time(),
                 step=0,
                 eta_s=0,
             )

@@ -101,8 +101,8 @@ async def reap_forever(store: JobStore, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         try:
-            for job_id in await store.reap():
-                log.warning("job of a dead worker handed back", extra={"job_id": job_id})
+            for job_id, done in (await store.reap()).items():
+                log.warning("job repaired: %s", done, extra={"job_id": job_id})
         except RedisError as err:
             log.warning("reaper: job store unavailable: %r", err)
 

@@ -85,6 +85,22 @@ def test_a_job_handed_on_is_not_run_by_its_stale_message_nor_ended_by_its_old_wo
     assert not redis.exists(job_key("j", "result"))
 
 
+def test_a_claim_lost_in_a_redis_crash_is_made_again(redis: Redis) -> None:
+    queued(redis)
+    run = JobRun(redis, Settings(), "j", "w1")
+    run.start("ab", 0)
+    run.on_step(info(1))
+    # Redis restarted from a file older than the claim: the job is queued again, same message
+    redis.hset(job_key("j"), mapping={"status": "queued", "attempts": 0})
+    redis.hdel(job_key("j"), "worker")
+    run.on_step(info(2))  # claimed again, not abandoned
+    assert (record(redis).status, record(redis).worker, record(redis).attempts) == (
+        Status.RUNNING, "w1", 1,
+    )  # fmt: skip
+    run.succeed(b"png")
+    assert record(redis).status == Status.SUCCEEDED
+
+
 def test_skips_canceled_done_and_missing_jobs(redis: Redis) -> None:
     queued(redis)
     redis.hset(job_key("j"), "status", "canceled")
@@ -181,9 +197,9 @@ def test_heartbeat_announces_state_and_expires(redis: Redis) -> None:
     key = WORKER_KEY.format("w1")
     state = Heartbeat.model_validate_json(redis.get(key) or b"")
     assert not state.ready and state.message == "loading the model"
-    beat.update(ready=True, message="", job="j")
+    beat.update(ready=True, message="", jobs=["j"])
     state = Heartbeat.model_validate_json(redis.get(key) or b"")
-    assert state.ready and state.job == "j"
+    assert state.ready and state.jobs == ["j"]
     assert 0 < redis.pttl(key) <= 600  # three beats
     first, deadline = state.at, time.monotonic() + 10.0
     while Heartbeat.model_validate_json(redis.get(key) or b"").at == first:  # still beating?

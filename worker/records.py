@@ -68,7 +68,8 @@ class JobRun:
         self.settings = settings
         self.job_id = job_id
         self.worker_id = worker_id
-        self.attempt = 0  # set by start
+        self.attempt = self.dispatch = 0  # set by start
+        self.checkpoint_sha256 = ""
         self.started = self.last_step = time.monotonic()
         self.last_write = -float("inf")
         self.step_seconds: list[float] = []  # not yet written to the histogram
@@ -77,6 +78,10 @@ class JobRun:
         """Claim the queued job for the model with this checkpoint, if the task message is its
         current one (`dispatch`); None when it is gone, canceled, running or done, or when the
         message is a stale one (redelivered after the job was handed on)."""
+        self.checkpoint_sha256, self.dispatch = checkpoint_sha256, dispatch
+        return self._claim()
+
+    def _claim(self) -> JobRecord | None:
         fields = self.redis.hgetall(job_key(self.job_id))
         if not fields:
             return None
@@ -87,9 +92,9 @@ class JobRun:
             self.job_id,
             Status.RUNNING,
             (Status.QUEUED,),
-            guard={"dispatch": dispatch},
+            guard={"dispatch": self.dispatch},
             worker=self.worker_id,
-            checkpoint_sha256=checkpoint_sha256,
+            checkpoint_sha256=self.checkpoint_sha256,
             attempts=self.attempt,
             started_at=time.time(),
             step=0,
@@ -110,7 +115,10 @@ class JobRun:
         canceled, worker, attempts = self.redis.hmget(
             job_key(self.job_id), "cancel_requested_at", "worker", "attempts"
         )
-        if (worker, attempts) != (self.worker_id.encode(), str(self.attempt).encode()):
+        mine = (worker, attempts) == (self.worker_id.encode(), str(self.attempt).encode())
+        # not ours: handed on, unless Redis lost our claim (a crash): then it is still queued
+        # for our message, and we claim it again
+        if not mine and self._claim() is None:
             raise JobLost(f"handed on at step {info.step} of {info.total}")
         if canceled is not None:
             raise JobCanceled(f"canceled at step {info.step} of {info.total}")
@@ -159,6 +167,7 @@ class JobRun:
                 Status.QUEUED,
                 (Status.RUNNING,),
                 guard=self.guard,
+                queued_at=time.time(),
                 step=0,
                 eta_s=0,
             )

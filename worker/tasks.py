@@ -61,7 +61,7 @@ def restore(job_id: str, dispatch: int = 0) -> None:
     if record is None:
         log.info("job skipped: canceled, done, expired or handed on", extra={"job_id": job_id})
         return
-    rt.heartbeat.update(job=job_id)
+    rt.heartbeat.update(jobs=[job_id])
     try:
         result = run_job(
             rt.model, *_inputs(rt, job_id, record), run.on_step, rt.settings.fused_windows
@@ -81,7 +81,7 @@ def restore(job_id: str, dispatch: int = 0) -> None:
     else:
         run.succeed(result.png, **result.record_fields())
     finally:
-        rt.heartbeat.update(job=None)
+        rt.heartbeat.update(jobs=[])
 
 
 def _inputs(rt: Runtime, job_id: str, record: JobRecord) -> tuple[TaskSpec, bytes, bytes | None]:
