@@ -12,7 +12,7 @@ Keys (prefix `ddnm:`), all of one job expiring together `job_ttl_s` after it end
     idempotency:{owner}:{key}  "{job id} {payload sha256}", scoped to the API key that sent it
     active               sorted set: ids of unfinished jobs, scored by admission time
     active:{owner}       the same, of one API key
-    rate:{owner}:{minute}  submissions of one API key in one minute
+    rate:{owner}:{minute}  sorted set: ids of the jobs one API key submitted in one minute
     webhooks             sorted set: ids of ended jobs with a webhook to call, scored by when
     worker:{id}          JSON heartbeat of one worker process, expiring after HEARTBEAT_MISSES beats
     models               hash: model name -> JSON ModelInfo, written by workers at start-up

@@ -46,18 +46,18 @@ _FLAG_IF_RUNNING = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 """
-# Admission. KEYS: rate counter of this key and minute, active jobs of the key, all active jobs.
-# ARGV: rate limit, active jobs per key, active jobs in all, job id, now, oldest unfinished job
-# to count (older ones expired unfinished). Returns "ok", "rate", "quota" or "full".
+# Admission. KEYS: the key's jobs admitted in this minute, active jobs of the key, all active
+# jobs (sorted sets, so that a refused admission is undone with ZREM, which Redis allows at its
+# memory cap). ARGV: rate limit, active jobs per key, active jobs in all, job id, now, oldest
+# unfinished job to count (older ones expired unfinished). Returns "ok", "rate", "quota", "full".
 _ADMIT_LUA = """
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[6])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[6])
-if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[1]) then return 'rate' end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 'rate' end
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return 'quota' end
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return 'full' end
-if redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], 120) end
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+for i = 1, 3 do redis.call('ZADD', KEYS[i], ARGV[5], ARGV[4]) end
+redis.call('EXPIRE', KEYS[1], 120)
 return 'ok'
 """
 ADMISSION_LEASE_S = 60  # an Idempotency-Key claimed by a request whose job is not stored yet
@@ -89,6 +89,12 @@ class Admission:
     predicted_evaluations: int
     owner: str  # the caller's key id
     webhook: str | None
+
+
+def counting_sets(owner: str, minute: int) -> list[str]:
+    """The sets admission counts a job in: the key's jobs of this minute, the key's active jobs,
+    all active jobs."""
+    return [RATE_KEY.format(owner, minute), f"{ACTIVE_KEY}:{owner}", ACTIVE_KEY]
 
 
 class JobStore:
@@ -127,27 +133,26 @@ class JobStore:
                 return await self._replay(key, admission.upload_sha256)
         model = admission.spec.model
         assert model is not None, "admission resolves the model"
+        counted = counting_sets(owner, int(time.time() // 60))
         try:
-            await self._count_in(job_id, owner)
+            await self._count_in(job_id, counted)
             await self._create(job_id, admission, key)
             await anyio.to_thread.run_sync(self.enqueue, job_id, queue_name(model), 0)
         except Exception:
-            await self._abandon(job_id, owner, key)
+            await self._abandon(job_id, counted, key)
             raise
         return job_id
 
-    async def _count_in(self, job_id: str, owner: str) -> None:
+    async def _count_in(self, job_id: str, counted: list[str]) -> None:
         """Count the job against the caller's rate and quota and the queue's depth, or refuse."""
         now, s = time.time(), self.settings
-        minute = int(now // 60)
-        keys = [RATE_KEY.format(owner, minute), f"{ACTIVE_KEY}:{owner}", ACTIVE_KEY]
         limits = [s.rate_limit_per_minute, s.max_active_jobs_per_key, s.max_queued_jobs]
         oldest = now - s.pending_ttl_s
         verdict = as_text(
-            await self.redis.eval(_ADMIT_LUA, len(keys), *keys, *limits, job_id, now, oldest)
+            await self.redis.eval(_ADMIT_LUA, len(counted), *counted, *limits, job_id, now, oldest)
         )
         if verdict == "rate":
-            retry = max(1, int((minute + 1) * 60 - now) + 1)
+            retry = max(1, int(60 - now % 60) + 1)
             raise Refused(
                 429, f"over the rate limit of {s.rate_limit_per_minute} jobs a minute", retry
             )
@@ -163,7 +168,7 @@ class JobStore:
                 503, "the service is full: its queue is at its limit", QUOTA_RETRY_AFTER_S
             )
 
-    async def _abandon(self, job_id: str, owner: str, key: str | None) -> None:
+    async def _abandon(self, job_id: str, counted: list[str], key: str | None) -> None:
         """After a failed admission: fail the job if it was stored, uncount it, free the key if
         still ours (best effort: Redis may be what failed)."""
         error = "the job could not be queued; submit it again"
@@ -178,8 +183,8 @@ class JobStore:
                 finished_at=time.time(),
                 error=error,
             )
-            await self.redis.zrem(ACTIVE_KEY, job_id)
-            await self.redis.zrem(f"{ACTIVE_KEY}:{owner}", job_id)
+            for counting_set in counted:
+                await self.redis.zrem(counting_set, job_id)
             if key is not None and as_text(await self.redis.get(key) or "").startswith(job_id):
                 await self.redis.delete(key)
 

@@ -280,3 +280,131 @@ def test_drill_4_hostile_uploads_beside_ordinary_traffic(keyed: Stack) -> None:
         f"({slowest[1]}); {len(others)} other requests meanwhile: p99 {p99 * 1000:.0f} ms, max "
         f"{others[-1] * 1000:.0f} ms; API RSS {rss_mb(keyed.processes['api'].pid):.0f} MB"
     )
+
+
+def open_stream(url: str, key: str, job_id: str) -> tuple[socket.socket, bytes]:
+    """GET the job's events on a raw socket; (the socket, the status line and headers)."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(
+        f"GET /jobs/{job_id}/events HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Authorization: Bearer {key}\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    return sock, head
+
+
+def read_to_end(sock: socket.socket, already: bytes) -> bytes:
+    """The rest of a chunked response, up to its last chunk."""
+    data = already
+    while not data.endswith(b"0\r\n\r\n"):
+        part = sock.recv(65536)
+        if not part:
+            break
+        data += part
+    sock.close()
+    return data
+
+
+def test_drill_5_200_open_event_streams_do_not_starve_the_api(keyed: Stack) -> None:
+    clients = {k: httpx.Client(base_url=keyed.url, timeout=30, headers=auth(k)) for k in KEYS}
+    long_job = {**JOB, "steps": 1000}
+    jobs = {
+        k: c.post("/restore", **request(long_job, png(crop()[..., 0]))).json()["id"]
+        for k, c in clients.items()
+    }
+    streams = [open_stream(keyed.url, k, jobs[k]) for k in KEYS for _ in range(50)]
+    assert all(head.startswith(b"HTTP/1.1 200") for _, head in streams)
+    # the API answers everything else meanwhile
+    other = clients[KEYS[0]]
+    started = time.perf_counter()
+    submitted = other.post("/restore", **request({**JOB, "steps": 3}, png(crop()[..., 0])))
+    assert submitted.status_code == 202
+    assert other.get(f"/jobs/{submitted.json()['id']}").status_code == 200
+    assert other.get("/readyz").status_code == 200 and other.get("/metrics").status_code == 200
+    answered_s = time.perf_counter() - started
+    sock, head = open_stream(keyed.url, KEYS[0], jobs[KEYS[0]])  # the 51st of one key
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 429") and b"retry-after: 5" in head.lower()
+    for key, client in clients.items():
+        assert client.delete(f"/jobs/{jobs[key]}").status_code == 202
+    ended = [read_to_end(sock, head) for sock, head in streams]
+    assert all(b'"status": "canceled"' in body for body in ended)  # each saw the end, and closed
+    print(
+        f"\ndrill 5: 200 open event streams (4 keys x 50); POST, GET, /readyz and /metrics "
+        f"answered in {answered_s * 1000:.0f} ms together; the 51st stream of a key: 429; every "
+        "stream got its job's final event"
+    )
+    for client in clients.values():
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = {"DDNM_API_KEYS": ",".join(KEYS), "DDNM_REDIS_MAXMEMORY": "30mb"}
+    env |= {"DDNM_RATE_LIMIT_PER_MINUTE": "12", "DDNM_MAX_ACTIVE_JOBS_PER_KEY": "8"}
+    env |= {"DDNM_MAX_QUEUED_JOBS": "20"}
+    with stack(tmp_path_factory.mktemp("tight"), workers=1, **env) as s:
+        s.kill("worker1")  # the jobs stay queued: the drill counts them
+        yield s
+
+
+def test_drill_7_keys_ownership_and_limits_over_http(tight: Stack) -> None:
+    def post(key: str | None) -> httpx.Response:
+        headers = auth(key) if key else {}
+        return httpx.post(f"{tight.url}/restore", headers=headers, **request(), timeout=30)
+
+    assert post(None).status_code == 401 and post("not-a-key").status_code == 401
+    first = post(KEYS[0]).json()["id"]
+    for method, path in (("GET", ""), ("GET", "/events"), ("GET", "/result"), ("DELETE", "")):
+        other = httpx.request(method, f"{tight.url}/jobs/{first}{path}", headers=auth(KEYS[1]))
+        assert other.status_code == 404, (method, path)
+    ids = [first] + [post(KEYS[0]).json()["id"] for _ in range(7)]
+    quota = post(KEYS[0])
+    assert quota.status_code == 429 and "its quota" in quota.json()["detail"]
+    assert int(quota.headers["retry-after"]) > 0
+    for job_id in ids[:4]:  # ended jobs free their place ..
+        httpx.delete(f"{tight.url}/jobs/{job_id}", headers=auth(KEYS[0]))
+    assert [post(KEYS[0]).status_code for _ in range(4)] == [202] * 4
+    rate = post(KEYS[0])  # .. but not the key's rate: 12 a minute
+    assert rate.status_code == 429 and "rate limit of 12" in rate.json()["detail"]
+    assert 0 < int(rate.headers["retry-after"]) <= 61
+    assert [post(KEYS[1]).status_code for _ in range(8)] == [202] * 8
+    assert [post(KEYS[2]).status_code for _ in range(4)] == [202] * 4  # 20 unfinished jobs
+    full = post(KEYS[3])
+    assert full.status_code == 503 and "queue is at its limit" in full.json()["detail"]
+    assert int(full.headers["retry-after"]) > 0
+    # Redis at its memory cap (30 MB): a clean 503, nothing half-stored
+    redis = Redis.from_url(tight.env["DDNM_REDIS_URL"])
+    httpx.delete(f"{tight.url}/jobs/{ids[4]}", headers=auth(KEYS[0]))  # room in the queue
+    filled = fill(redis)
+    before = sorted(redis.keys("ddnm:*"))
+    oom = post(KEYS[3])
+    assert oom.status_code == 503 and oom.json()["detail"] == "the job store is full; retry later"
+    after = sorted(redis.keys("ddnm:*"))
+    assert after == before, (set(after) - set(before), set(before) - set(after))
+    redis.delete(*filled)
+    assert post(KEYS[3]).status_code == 202  # room again
+    redis.close()
+    print(
+        "\ndrill 7: no key / a wrong key: 401; another key's job: 404 on 4 routes; quota (8), "
+        "rate (12/min): 429 + Retry-After; queue cap (20): 503 + Retry-After; Redis at its "
+        "memory cap: 503, no key written"
+    )
+
+
+def fill(redis: Redis) -> list[str]:
+    """Write filler keys until Redis refuses (maxmemory, noeviction); their names."""
+    from redis.exceptions import OutOfMemoryError
+
+    names: list[str] = []
+    for size in (1_000_000, 10_000, 100):
+        try:
+            while True:
+                redis.set(f"filler:{len(names)}", b"x" * size)
+                names.append(f"filler:{len(names)}")
+        except OutOfMemoryError:
+            pass
+    return names
