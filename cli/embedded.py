@@ -26,10 +26,12 @@ from typing import IO
 
 import httpx
 
+from contract.settings import Settings
+
 REPO = Path(__file__).resolve().parents[1]
 PR_SET_PDEATHSIG = 1  # prctl(2)
 STOP_GRACE_S = 10.0
-REDIS_MAXMEMORY = "1gb"  # of the private redis-server (DDNM_REDIS_MAXMEMORY)
+REDIS_MAXMEMORY = str(Settings.model_fields["redis_maxmemory"].default)
 
 
 def redis_server_binary() -> str:

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(default=2000, gt=0, description="unfinished jobs in all")
     max_streams_per_key: int = Field(default=100, gt=0, description="open event streams per key")
     redis_connections: int = Field(default=64, gt=1, description="API's Redis connections")
+    redis_maxmemory: str = Field(default="1gb", description="of `ddnm serve`'s private Redis")
 
     # the model a worker serves, and the one a spec without "model" asks for
     model: str = DEFAULT_MODEL
