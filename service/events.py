@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -59,17 +58,18 @@ class EventHub:
         try:
             while True:
                 wake.clear()
+                # asked before the read: once the job has ended, its final event is in the read
+                # (a status and its event are written together)
+                ended = await _ended(self.redis, job_id)
                 entries: Any = await self.redis.xrange(stream, f"({last_id}", "+", count=100)
-                ended = False
                 for entry_id, fields in entries:
                     last_id = as_text(entry_id)
                     event, data = as_text(fields[b"event"]), as_text(fields[b"data"])
-                    ended = ended or (event == "status" and _terminal(data))
                     yield f"id: {last_id}\nevent: {event}\ndata: {data}\n\n"
-                if ended or (not entries and await _ended(self.redis, job_id)):
-                    return
                 if len(entries) == 100:
                     continue  # more are waiting
+                if ended:
+                    return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), keepalive_s)
                 if not wake.is_set():
@@ -106,10 +106,6 @@ class EventHub:
                 self.cursors[stream] = as_text(entries[-1][0])
             for wake in self.followers.get(stream, ()):
                 wake.set()
-
-
-def _terminal(data: str) -> bool:
-    return Status(json.loads(data)["status"]).terminal
 
 
 async def _ended(redis: Redis, job_id: str) -> bool:
