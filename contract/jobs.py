@@ -23,6 +23,7 @@ Keys (prefix `ddnm:`), all of one job expiring together `job_ttl_s` after it end
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -50,10 +51,11 @@ class Status(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
+    EXPIRED = "expired"  # not started by its deadline
 
     @property
     def terminal(self) -> bool:
-        return self in (Status.SUCCEEDED, Status.FAILED, Status.CANCELED)
+        return self in (Status.SUCCEEDED, Status.FAILED, Status.CANCELED, Status.EXPIRED)
 
 
 class JobRecord(BaseModel):
@@ -73,6 +75,7 @@ class JobRecord(BaseModel):
     )
     predicted_evaluations: int = 0  # window-sized network forwards (TaskSpec.network_evaluations)
     owner: str = ""  # id of the API key that made it (OPEN_OWNER on an open API)
+    deadline_at: float | None = None  # it must start by then (spec.deadline_s after creation)
     webhook: str | None = None  # URL called when it ends
     cancel_requested_at: float | None = None
     queued_at: float | None = None  # when it was last handed back to the queue (else created_at)
@@ -222,6 +225,24 @@ if ttl > 0 then
 end
 return {1, current}
 """.replace("__PREFIX__", PREFIX)
+
+
+def past_deadline(record: JobRecord, now: float) -> bool:
+    return record.deadline_at is not None and now > record.deadline_at
+
+
+def expire(client: Any, job_id: str, ttl_s: int) -> Any:
+    """End a queued job that was not started by its deadline (sync or asyncio client)."""
+    error = "not started by its deadline; submit it again with a later one"
+    return transition(
+        client,
+        job_id,
+        Status.EXPIRED,
+        (Status.QUEUED,),
+        ttl_s,
+        finished_at=time.time(),
+        error=error,
+    )
 
 
 def transition(

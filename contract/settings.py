@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     fused_windows: int = Field(
         default=64, gt=0, description="windows per network forward of the fused tiling"
     )
+    worker_slots: int = Field(default=4, gt=0, description="jobs a worker process holds at once")
+    batch_max_samples: int = Field(
+        default=8, gt=0, description="samples per network forward across jobs; 1: no batching"
+    )
 
     # limits on what the API admits
     max_upload_bytes: int = Field(default=20 * 2**20, gt=0)

@@ -10,7 +10,7 @@ expected PSNR: see `ddnm.sampling.posterior_mean`):
                       {"op": "downsample", "factor": 4, "filter": "box"}],
      "sigma_y": 0.0, "steps": 100, "eta": 0.85, "travel": {"length": 1, "repeat": 1},
      "clip_x0": true, "samples": 1, "seed": null, "model": null, "class_label": null,
-     "guidance_scale": 0.0, "evaluate": false}
+     "guidance_scale": 0.0, "evaluate": false, "priority": 0, "deadline_s": null}
 
 Geometry: shapes are (C, H, W). x is the clean colour image (3, H, W); y the observation the chain
 makes of it, an image for every op but `cs` (whose coefficients are not an image, so a chain ending
@@ -262,6 +262,15 @@ class TaskSpec(BaseModel):
     )
     overlap: int | None = Field(
         default=None, ge=0, le=1024, description="window overlap in pixels (half the window)"
+    )
+    priority: int = Field(
+        default=0, ge=0, le=9, description="a worker whose batch is full serves higher first"
+    )
+    deadline_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="seconds after submission by which the job must start, else it ends expired",
     )
 
     @model_validator(mode="before")

@@ -33,7 +33,9 @@ from contract.jobs import (
     ModelInfo,
     Status,
     as_text,
+    expire,
     job_key,
+    past_deadline,
     queue_name,
     transition,
 )
@@ -216,6 +218,8 @@ class JobStore:
             owner=admission.owner,
             webhook=admission.webhook,
         )
+        if spec.deadline_s is not None:
+            record = record.model_copy(update={"deadline_at": record.created_at + spec.deadline_s})
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(job_key(job_id), mapping=record.to_redis())  # type: ignore[arg-type]
             pipe.set(job_key(job_id, "image"), admission.image, ex=ttl)
@@ -295,6 +299,9 @@ class JobStore:
             if beat is None or (settled and job_id not in beat.jobs):
                 await self._hand_back(job_id, record, record.worker)
                 return "handed back: its worker died" if beat is None else "handed back: orphaned"
+        elif record.status == Status.QUEUED and past_deadline(record, now):
+            await expire(self.redis, job_id, self.settings.job_ttl_s)
+            return "expired: not started by its deadline"
         elif record.status == Status.QUEUED:
             waited = now - max(record.queued_at or record.created_at, record.redispatched_at or 0.0)
             if waited > s.redispatch_s and record.model in empty:

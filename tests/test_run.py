@@ -175,13 +175,15 @@ def test_negative_guidance_scales_are_refused_before_the_run_starts() -> None:
         )
 
 
-def test_joined_requests_must_agree_on_labels() -> None:
+def test_joined_requests_fill_in_labels_and_scales_of_those_without() -> None:
     x, t = torch.zeros(1, 3, 4, 4), torch.zeros(1)
-    labelled = NetCall(x, t, labels=torch.tensor([1]))
+    labelled = NetCall(x, t, labels=torch.tensor([1]), scales=torch.tensor([2.0]))
     joined = join([labelled, labelled])
     assert joined.batch == 2 and torch.equal(joined.labels, torch.tensor([1, 1]))
-    with pytest.raises(ValueError, match="labels"):
-        join([labelled, NetCall(x, t)])
+    mixed = join([labelled, NetCall(x, t)])
+    assert torch.equal(mixed.labels, torch.tensor([1, 0]))
+    assert torch.equal(mixed.scales, torch.tensor([2.0, 0.0]))
+    assert join([NetCall(x, t)] * 2).labels is None
     with pytest.raises(ValueError, match=r"shape \(1,\)"):
         NetCall(x, torch.zeros(2))
 

@@ -45,6 +45,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MODEL = FIXTURE_MODEL_ENV["DDNM_MODEL"]
 FIXTURE_SHA256 = "2e9c11d132c0563073ce28e12ee7db12025e954aea285e7fffb0384f7c40e4c3"
+SLOTS = 2  # jobs each worker holds
 ENV = {
     **FIXTURE_MODEL_ENV,
     **LIMITS_ENV,
@@ -54,6 +55,7 @@ ENV = {
     "DDNM_REDELIVERY_CHECK_S": "1",
     "DDNM_HEARTBEAT_S": "1",
     "OMP_NUM_THREADS": "1",
+    "DDNM_WORKER_SLOTS": str(SLOTS),
 }
 TERMINAL = ("succeeded", "failed", "canceled")
 
@@ -302,11 +304,11 @@ def test_cancel_a_running_job(client: Client) -> None:
 
 def test_a_queued_job_canceled_never_runs(client: Client, redis: Redis) -> None:
     long = {"degradations": [{"op": "grayscale"}], "steps": 400}
-    busy = [submit(client, long, png(crop()[..., 0])) for _ in range(2)]
+    busy = [submit(client, long, png(crop()[..., 0])) for _ in range(2 * SLOTS)]
     for job in busy:
         wait_running(client, job["id"], min_step=1)
     waiting = submit(client, {"degradations": [{"op": "grayscale"}], "steps": 5}, png(crop()))
-    # prefetch 1: each worker holds only the job it runs, the third waits in the queue
+    # prefetch 1 per slot: each worker holds only the jobs it runs, the next waits in the queue
     assert redis.llen(queue_name(MODEL)) == 1
     canceled = client.delete(f"/jobs/{waiting['id']}").json()
     assert canceled["status"] == "canceled" and canceled["finished_at"] is not None
@@ -323,7 +325,7 @@ def test_a_queued_job_canceled_never_runs(client: Client, redis: Redis) -> None:
     assert (final["attempts"], final["started_at"], final["worker"]) == (0, None, None)
     statuses = [e["data"]["status"] for e in parse_events(client.get(final["events_url"]).text)]
     assert statuses == ["queued", "canceled"]
-    assert [wait(client, job["id"])["status"] for job in busy] == ["canceled", "canceled"]
+    assert [wait(client, job["id"])["status"] for job in busy] == ["canceled"] * 2 * SLOTS
 
 
 def test_a_redis_restart_mid_job_loses_nothing(client: Client, stack: Stack) -> None:

@@ -1,4 +1,5 @@
-"""`python -m worker`: load the model, announce it, then consume its queue one job at a time.
+"""`python -m worker`: load the model, announce it, then consume its queue, DDNM_WORKER_SLOTS jobs
+at a time, their samplers batched into shared forwards by one scheduler thread.
 
 The model is loaded before the Celery consumer starts, so a worker never takes a job it cannot run;
 while loading fails (missing file, failed download, no GPU) the worker stays not-ready, says why in
@@ -22,6 +23,7 @@ from pipeline.models import ServedModel, load_model
 from worker import tasks
 from worker.celery_app import configure
 from worker.heartbeat import HeartbeatThread, worker_id
+from worker.scheduler import Scheduler
 
 log = logging.getLogger("worker")
 LOAD_RETRY_S = 30.0
@@ -53,13 +55,15 @@ def main() -> None:
     redis.hset(MODELS_KEY, model.info.name, model.info.model_dump_json())
     heartbeat.update(ready=True, message="", info=model.info, device=str(model.device))
     log.info("serving %s (%s) on %s", model.info.name, model.info.checkpoint_sha256, model.device)
-    tasks.RUNTIME = tasks.Runtime(settings, redis, model, this_worker, heartbeat)
+    scheduler = Scheduler(model.eps, settings.batch_max_samples)
+    scheduler.start()
+    tasks.RUNTIME = tasks.Runtime(settings, redis, model, this_worker, heartbeat, scheduler)
     try:
         configure(settings).worker_main(
             [
                 "worker",
-                "--pool=solo",
-                "--concurrency=1",
+                "--pool=threads",  # a thread per held job; the scheduler runs their samplers
+                f"--concurrency={settings.worker_slots}",
                 f"--queues={queue_name(model.info.name)}",
                 f"--hostname={this_worker}@%h",
                 "--without-gossip",
@@ -68,6 +72,7 @@ def main() -> None:
             ]
         )
     finally:
+        scheduler.stop()
         heartbeat.stop()
 
 

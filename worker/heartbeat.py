@@ -36,9 +36,23 @@ class HeartbeatThread(threading.Thread):
             worker=worker_id, model=settings.model, ready=False, message="loading the model", at=0
         )
         self.stopped = threading.Event()
+        self.lock = threading.Lock()  # job threads change the state
 
     def update(self, **changes: Any) -> None:
-        self.state = self.state.model_copy(update=changes)
+        with self.lock:
+            self.state = self.state.model_copy(update=changes)
+        self.beat()
+
+    def hold(self, job_id: str) -> None:
+        """List a job this worker runs (from its job thread)."""
+        with self.lock:
+            self.state = self.state.model_copy(update={"jobs": [*self.state.jobs, job_id]})
+        self.beat()
+
+    def release(self, job_id: str) -> None:
+        with self.lock:
+            jobs = [j for j in self.state.jobs if j != job_id]
+            self.state = self.state.model_copy(update={"jobs": jobs})
         self.beat()
 
     def beat(self) -> None:

@@ -18,7 +18,9 @@ from contract.jobs import (
     Histogram,
     JobRecord,
     Status,
+    expire,
     job_key,
+    past_deadline,
     transition,
 )
 from contract.settings import Settings
@@ -79,6 +81,10 @@ class JobRun:
         current one (`dispatch`); None when it is gone, canceled, running or done, or when the
         message is a stale one (redelivered after the job was handed on)."""
         self.checkpoint_sha256, self.dispatch = checkpoint_sha256, dispatch
+        fields = self.redis.hgetall(job_key(self.job_id))
+        if fields and past_deadline(JobRecord.from_redis(fields), time.time()):
+            expire(self.redis, self.job_id, self.settings.job_ttl_s)
+            return None
         return self._claim()
 
     def _claim(self) -> JobRecord | None:

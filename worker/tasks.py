@@ -1,8 +1,11 @@
-"""The restore task: thin glue between the job record and the job pipeline (`pipeline.job`)."""
+"""The restore task: thin glue between the job record, the job pipeline (`pipeline.job`) and the
+worker's scheduler, which runs the sampler of every job the worker holds (`worker.scheduler`).
+Each task runs on a thread of Celery's pool (DDNM_WORKER_SLOTS of them)."""
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from dataclasses import dataclass, field
 
@@ -13,11 +16,13 @@ from redis import Redis
 from contract.jobs import TASK_NAME, JobRecord, job_key
 from contract.settings import Settings
 from contract.spec import TaskSpec
-from pipeline.job import restore as run_job
+from ddnm.sampling import StepInfo
+from pipeline.job import prepare
 from pipeline.models import ServedModel
 from worker.celery_app import app
 from worker.heartbeat import HeartbeatThread
 from worker.records import JobCanceled, JobLost, JobRun, JobTimedOut, WorkerStopping
+from worker.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 INTERNAL_ERROR = "the worker failed while running this job; it is logged under the job's id"
@@ -36,6 +41,7 @@ class Runtime:
     model: ServedModel
     worker_id: str
     heartbeat: HeartbeatThread
+    scheduler: Scheduler
     stopping: threading.Event = field(default_factory=threading.Event)  # set on warm shutdown
 
 
@@ -44,8 +50,8 @@ RUNTIME: Runtime | None = None
 
 @worker_shutting_down.connect
 def _stop_the_running_job(**_: object) -> None:
-    """SIGTERM (docker stop, scaling down): the job under way stops at its next step and goes
-    back to the queue, instead of waiting for the visibility timeout after the worker is gone."""
+    """SIGTERM (docker stop, scaling down): every job under way stops at its next step and goes
+    back to the queue, for another worker, at once."""
     if RUNTIME is not None:
         RUNTIME.stopping.set()
 
@@ -61,11 +67,12 @@ def restore(job_id: str, dispatch: int = 0) -> None:
     if record is None:
         log.info("job skipped: canceled, done, expired or handed on", extra={"job_id": job_id})
         return
-    rt.heartbeat.update(jobs=[job_id])
+    rt.heartbeat.hold(job_id)
     try:
-        result = run_job(
-            rt.model, *_inputs(rt, job_id, record), run.on_step, rt.settings.fused_windows
-        )
+        spec, image, mask = _inputs(rt, job_id, record)
+        steps: queue.SimpleQueue[StepInfo] = queue.SimpleQueue()
+        job = prepare(rt.model, spec, image, mask, steps.put, rt.settings.fused_windows)
+        result = job.finish(rt.scheduler.follow(job.run, spec.priority, steps, run.on_step))
     except JobCanceled:
         run.cancel()
     except JobLost:
@@ -81,7 +88,7 @@ def restore(job_id: str, dispatch: int = 0) -> None:
     else:
         run.succeed(result.png, **result.record_fields())
     finally:
-        rt.heartbeat.update(jobs=[])
+        rt.heartbeat.release(job_id)
 
 
 def _inputs(rt: Runtime, job_id: str, record: JobRecord) -> tuple[TaskSpec, bytes, bytes | None]:

@@ -126,10 +126,14 @@ class EpsAdapter:
         with torch.no_grad():
             eps = self.network_eps(x, t_net, y)
         s = torch.full_like(t_net, self.scale) if scales is None else scales.to(t_net)
-        if self.guidance is not None and bool((s > 0).any()):
+        guided = (s > 0).nonzero().squeeze(1)  # only these samples pay for the classifier
+        if self.guidance is not None and len(guided):
             if y is None:
                 raise ValueError("classifier guidance needs a class_label to guide towards")
-            eps = self.guidance.guide(eps, x, t_net, y, s)
+            eps = eps.index_put(
+                (guided,),
+                self.guidance.guide(eps[guided], x[guided], t_net[guided], y[guided], s[guided]),
+            )
         return eps.to(device=x_t.device, dtype=x_t.dtype)
 
 

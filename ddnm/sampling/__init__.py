@@ -1,6 +1,6 @@
 """DDNM / DDNM+ samplers: options, the step pieces, the run and its drivers."""
 
-from ddnm.sampling.batching import finish, lockstep, spawn
+from ddnm.sampling.batching import Batcher, finish, lockstep, spawn
 from ddnm.sampling.calls import EpsModel, NetCall, Run
 from ddnm.sampling.ddnm import (
     Pin,
@@ -15,6 +15,7 @@ from ddnm.sampling.ddnm import (
 from ddnm.sampling.options import SamplerOptions
 
 __all__ = [
+    "Batcher",
     "EpsModel",
     "NetCall",
     "Pin",

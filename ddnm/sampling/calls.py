@@ -56,13 +56,20 @@ Run = Generator[NetCall, Tensor, Tensor]
 
 
 def join(calls: Sequence[NetCall]) -> NetCall:
-    """The requests of several runs as one batch (in order); labels and scales must be given by
-    all of them or by none."""
-    fields = {}
-    for name in ("labels", "scales"):
+    """The requests of several runs as one batch (in order). Where some carry labels or scales
+    and others do not, the others get label 0 and scale 0: a request without them is an unguided
+    sample of an unconditional network, which reads neither (the ε-model guides only samples of
+    scale > 0)."""
+    fields: dict[str, Tensor | None] = {}
+    for name, dtype in (("labels", torch.long), ("scales", torch.float32)):
         values = [getattr(c, name) for c in calls]
-        given = [v is not None for v in values]
-        if any(given) and not all(given):
-            raise ValueError(f"requests joined into one batch must all carry {name}, or none")
-        fields[name] = torch.cat(values) if all(given) else None
+        if all(v is None for v in values):
+            fields[name] = None
+            continue
+        fields[name] = torch.cat(
+            [
+                torch.zeros(c.batch, dtype=dtype, device=c.x_t.device) if v is None else v
+                for c, v in zip(calls, values, strict=True)
+            ]
+        )
     return NetCall(torch.cat([c.x_t for c in calls]), torch.cat([c.t for c in calls]), **fields)

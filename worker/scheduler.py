@@ -1,0 +1,126 @@
+"""The worker's scheduler: one thread owns the model and drives the runs of every job the worker
+holds through one `ddnm.sampling.Batcher`, so that jobs at different steps share forwards
+(continuous batching: a job joins at its next step, one that ends leaves).
+
+Job threads (Celery's thread pool, one per held job) prepare their job, `follow` its run here and
+do everything else themselves: Redis I/O (progress, the cancel flag), the time limit, the result.
+A run's step callback only puts its progress into its job's queue, so the scheduler thread never
+waits on Redis; a job that stops (canceled, timed out, worker stopping) is dropped from the
+batcher at the next round and its batch-mates go on untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ddnm.sampling import Batcher, EpsModel, Run, StepInfo
+
+log = logging.getLogger(__name__)
+POLL_S = 0.1  # a job thread looks at its run's outcome at least this often
+
+
+@dataclass(frozen=True)
+class _Add:
+    run: Run
+    priority: int
+    outcome: Future[Tensor]
+
+
+@dataclass(frozen=True)
+class _Drop:
+    outcome: Future[Tensor]
+
+
+class Scheduler:
+    """`start()`, then any thread may `follow` runs; `stop()` ends the thread (live runs fail)."""
+
+    def __init__(self, eps: EpsModel, max_samples: int) -> None:
+        self.eps = eps
+        self.batcher = Batcher(max_samples)
+        self.inbox: queue.SimpleQueue[_Add | _Drop | None] = queue.SimpleQueue()
+        self.outcomes: dict[int, Future[Tensor]] = {}  # batcher handle -> its run's outcome
+        self.handles: dict[Future[Tensor], int] = {}
+        self.thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.inbox.put(None)
+        self.thread.join()
+
+    def follow(
+        self,
+        run: Run,
+        priority: int,
+        steps: queue.SimpleQueue[StepInfo],
+        on_step: Callable[[StepInfo], None],
+    ) -> Tensor:
+        """Drive `run` with the others; on this thread, `on_step` each progress the run puts in
+        `steps` (its callback). Returns the run's result; raises what the run or `on_step`
+        raised (the run is then dropped)."""
+        outcome: Future[Tensor] = Future()
+        self.inbox.put(_Add(run, priority, outcome))
+        try:
+            while True:
+                with contextlib.suppress(queue.Empty):
+                    on_step(steps.get(timeout=POLL_S))
+                if outcome.done() and steps.empty():
+                    return outcome.result()
+        except BaseException:
+            self.inbox.put(_Drop(outcome))
+            raise
+
+    def _loop(self) -> None:
+        while self._take(block=not self.batcher.live):
+            if self.batcher.live:
+                self._round()
+        for outcome in self.outcomes.values():
+            outcome.set_exception(RuntimeError("the worker's scheduler stopped"))
+
+    def _take(self, block: bool) -> bool:
+        """Apply what job threads sent (waiting for something when `block`); False on stop."""
+        try:
+            message = self.inbox.get(block=block)
+            while True:
+                if message is None:
+                    return False
+                self._apply(message)
+                message = self.inbox.get_nowait()
+        except queue.Empty:
+            return True
+
+    def _apply(self, message: _Add | _Drop) -> None:
+        if isinstance(message, _Drop):
+            handle = self.handles.pop(message.outcome, None)
+            if handle is not None:
+                self.batcher.drop(handle)
+                self.outcomes.pop(handle)
+            return
+        handle, ended = self.batcher.add(message.run, message.priority)
+        if ended is None:
+            self.outcomes[handle] = message.outcome
+            self.handles[message.outcome] = handle
+        else:
+            _resolve(message.outcome, ended)
+
+    def _round(self) -> None:
+        for handle, ended in self.batcher.step(self.eps).items():
+            outcome = self.outcomes.pop(handle)
+            self.handles.pop(outcome)
+            _resolve(outcome, ended)
+
+
+def _resolve(outcome: Future[Tensor], ended: Tensor | BaseException) -> None:
+    if isinstance(ended, BaseException):
+        outcome.set_exception(ended)
+    else:
+        outcome.set_result(ended)
