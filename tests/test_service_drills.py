@@ -164,7 +164,11 @@ def test_drill_3_redis_crashing_during_submissions_loses_no_job_admitted_before(
     tmp_path: Path,
 ) -> None:
     # a message lost as a worker took it is sent again after 10 s of an empty queue
-    unlimited = {"DDNM_RATE_LIMIT_PER_MINUTE": "100000", "DDNM_REDISPATCH_S": "10"}
+    unlimited = {
+        "DDNM_RATE_LIMIT_PER_MINUTE": "100000",
+        "DDNM_MAX_ACTIVE_JOBS_PER_KEY": "100000",
+        "DDNM_REDISPATCH_S": "10",
+    }
     with (
         stack(tmp_path, workers=2, **unlimited) as s,
         httpx.Client(base_url=s.url, timeout=30) as client,
