@@ -57,7 +57,7 @@ def follow_in_threads(
 
 @pytest.fixture
 def scheduler(model: ServedModel) -> Iterator[Scheduler]:
-    s = Scheduler(model.eps, max_samples=64)
+    s = Scheduler(max_samples=64, eps=model.eps)
     s.start()
     yield s
     s.stop()

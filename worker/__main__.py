@@ -32,10 +32,13 @@ LOAD_RETRY_S = 30.0
 REDIS_RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=20)
 
 
-def load_until_ready(settings: Settings, heartbeat: HeartbeatThread) -> ServedModel:
+def load_until_ready(
+    settings: Settings, heartbeat: HeartbeatThread, scheduler: Scheduler
+) -> ServedModel:
+    """The model, loaded on the scheduler thread (the one that computes)."""
     while True:
         try:
-            return load_model(settings)
+            return scheduler.call(load_model, settings)
         except Exception as err:
             message = f"cannot load model {settings.model!r}: {type(err).__name__}: {err}"
             log.error("%s; retrying in %.0f s", message, LOAD_RETRY_S)
@@ -51,12 +54,13 @@ def main() -> None:
     heartbeat = HeartbeatThread(redis, settings, this_worker)
     heartbeat.beat()
     heartbeat.start()
-    model = load_until_ready(settings, heartbeat)
+    scheduler = Scheduler(settings.batch_max_samples)
+    scheduler.start()
+    model = load_until_ready(settings, heartbeat, scheduler)
+    scheduler.serve(model.eps)
     redis.hset(MODELS_KEY, model.info.name, model.info.model_dump_json())
     heartbeat.update(ready=True, message="", info=model.info, device=str(model.device))
     log.info("serving %s (%s) on %s", model.info.name, model.info.checkpoint_sha256, model.device)
-    scheduler = Scheduler(model.eps, settings.batch_max_samples)
-    scheduler.start()
     tasks.RUNTIME = tasks.Runtime(settings, redis, model, this_worker, heartbeat, scheduler)
     try:
         configure(settings).worker_main(

@@ -2,11 +2,14 @@
 holds through one `ddnm.sampling.Batcher`, so that jobs at different steps share forwards
 (continuous batching: a job joins at its next step, one that ends leaves).
 
-Job threads (Celery's thread pool, one per held job) prepare their job, `follow` its run here and
-do everything else themselves: Redis I/O (progress, the cancel flag), the time limit, the result.
-A run's step callback only puts its progress into its job's queue, so the scheduler thread never
-waits on Redis; a job that stops (canceled, timed out, worker stopping) is dropped from the
-batcher at the next round and its batch-mates go on untouched.
+It is the one thread of the worker that computes: job threads (Celery's thread pool, one per
+held job) hand it their torch work (`call`: loading the model, preparing a job, finishing its
+result) and their runs (`follow`), and do the rest themselves: Redis I/O (progress, the cancel
+flag), the time limit. (On CPU, torch ops spread over threads run about twice as slow as on one:
+each thread that computes gets its own OpenMP team, and the teams contend for the cores.) A run's
+step callback only puts its progress into its job's queue, so the scheduler never waits on Redis;
+a job that stops (canceled, timed out, worker stopping) is dropped from the batcher at the next
+round and its batch-mates go on untouched.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
 
 from torch import Tensor
 
@@ -25,6 +30,7 @@ from ddnm.sampling import Batcher, EpsModel, Run, StepInfo
 
 log = logging.getLogger(__name__)
 POLL_S = 0.1  # a job thread looks at its run's outcome at least this often
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,13 +45,20 @@ class _Drop:
     outcome: Future[Tensor]
 
 
+@dataclass(frozen=True)
+class _Call:
+    fn: Callable[[], Any]
+    outcome: Future[Any]
+
+
 class Scheduler:
     """`start()`, then any thread may `follow` runs; `stop()` ends the thread (live runs fail)."""
 
-    def __init__(self, eps: EpsModel, max_samples: int) -> None:
+    def __init__(self, max_samples: int, eps: EpsModel | None = None) -> None:
+        """`eps`: the model's ε-model, or None until `serve` gives it (after loading it here)."""
         self.eps = eps
         self.batcher = Batcher(max_samples)
-        self.inbox: queue.SimpleQueue[_Add | _Drop | None] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[_Add | _Drop | _Call | None] = queue.SimpleQueue()
         self.outcomes: dict[int, Future[Tensor]] = {}  # batcher handle -> its run's outcome
         self.handles: dict[Future[Tensor], int] = {}
         self.thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
@@ -56,6 +69,15 @@ class Scheduler:
     def stop(self) -> None:
         self.inbox.put(None)
         self.thread.join()
+
+    def serve(self, eps: EpsModel) -> None:
+        self.eps = eps
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) on the scheduler thread (between two forwards); its result, or its raise."""
+        outcome: Future[T] = Future()
+        self.inbox.put(_Call(partial(fn, *args), outcome))
+        return outcome.result()
 
     def follow(
         self,
@@ -98,7 +120,13 @@ class Scheduler:
         except queue.Empty:
             return True
 
-    def _apply(self, message: _Add | _Drop) -> None:
+    def _apply(self, message: _Add | _Drop | _Call) -> None:
+        if isinstance(message, _Call):
+            try:
+                message.outcome.set_result(message.fn())
+            except BaseException as err:  # handed to the caller's thread
+                message.outcome.set_exception(err)
+            return
         if isinstance(message, _Drop):
             handle = self.handles.pop(message.outcome, None)
             if handle is not None:
@@ -113,6 +141,7 @@ class Scheduler:
             _resolve(message.outcome, ended)
 
     def _round(self) -> None:
+        assert self.eps is not None, "runs are followed once the model is served"
         for handle, ended in self.batcher.step(self.eps).items():
             outcome = self.outcomes.pop(handle)
             self.handles.pop(outcome)

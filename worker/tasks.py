@@ -71,8 +71,10 @@ def restore(job_id: str, dispatch: int = 0) -> None:
     try:
         spec, image, mask = _inputs(rt, job_id, record)
         steps: queue.SimpleQueue[StepInfo] = queue.SimpleQueue()
-        job = prepare(rt.model, spec, image, mask, steps.put, rt.settings.fused_windows)
-        result = job.finish(rt.scheduler.follow(job.run, spec.priority, steps, run.on_step))
+        fused = rt.settings.fused_windows
+        job = rt.scheduler.call(prepare, rt.model, spec, image, mask, steps.put, fused)
+        x = rt.scheduler.follow(job.run, spec.priority, steps, run.on_step)
+        result = rt.scheduler.call(job.finish, x)
     except JobCanceled:
         run.cancel()
     except JobLost:
