@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     fused_windows: int = Field(
         default=64, gt=0, description="windows per network forward of the fused tiling"
     )
+    # the GPU path (ddnm.models.accelerate)
+    autocast: Literal["off", "bfloat16", "float16"] = "off"
+    channels_last: bool = False
+    compile_mode: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+    batch_buckets: str = Field(
+        default="", description="comma-separated batch sizes forwards are padded up to"
+    )
     worker_slots: int = Field(default=4, gt=0, description="jobs a worker process holds at once")
     batch_max_samples: int = Field(
         default=8, gt=0, description="samples per network forward across jobs; 1: no batching"

@@ -72,6 +72,13 @@ def read_mask(data: bytes) -> Tensor:
     return imaging.mask_to_tensor(imaging.load_mask(io.BytesIO(data)))  # type: ignore[arg-type]
 
 
+def to_device(x: Tensor, device: torch.device) -> Tensor:
+    """x on `device`; to a GPU through pinned host memory, so the copy runs asynchronously."""
+    if device.type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
 def encode_png(x: Tensor) -> tuple[bytes, np.ndarray]:
     """(1, 3, H, W) in [-1, 1] -> PNG bytes and the (H, W, 3) uint8 image they hold."""
     image = imaging.to_uint8(x)
@@ -100,7 +107,7 @@ def prepare(
     operator = chain_operator(spec, x_shape, known)
     if spec.upload_shape(x_shape)[0] == 1:
         upload = upload.mean(dim=1, keepdim=True)
-    upload = upload.to(model.device)
+    upload = to_device(upload, model.device)
     y = operators.measure(operator, upload, spec.sigma_y, generator) if spec.evaluate else upload
     y = in_range(operator, y)
     draw = _draw(

@@ -5,23 +5,25 @@ with every call."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from contract.jobs import ModelInfo
-from contract.settings import Settings
+from contract.settings import Settings, split
 from ddnm.models import as_denoiser, load_network, load_registered, registered_schedule, registry
+from ddnm.models.accelerate import Autocast, Bucketed, accelerate
 from ddnm.models.adapters import EpsAdapter
+from ddnm.sampling import EpsModel
 from ddnm.schedules import Schedule, linear_schedule
 
 
 @dataclass(frozen=True)
 class ServedModel:
     info: ModelInfo
-    eps: EpsAdapter  # the network (and classifier) on `device`, in the configured torso dtype
+    eps: EpsModel  # the network (and classifier) on `device`, as configured (`accelerated`)
     schedule: Schedule
     device: torch.device
 
@@ -55,16 +57,30 @@ def served(
 
 def load_model(settings: Settings) -> ServedModel:
     """Load the configured model onto the configured device: a registry model (downloaded into
-    DDNM_MODEL_DIR first if needed, checksum verified) or a checkpoint file. Raises with the
-    reason when it cannot."""
+    DDNM_MODEL_DIR first if needed, checksum verified) or a checkpoint file, with the configured
+    GPU path (`accelerated`). Raises with the reason when it cannot."""
     device, dtype = resolve_device(settings.device), getattr(torch, settings.dtype)
     if settings.model_file is not None:
-        return _load_file(settings, device, dtype)
+        return accelerated(_load_file(settings, device, dtype), settings)
     entry = registry.get_entry(settings.model)
     settings.model_dir.mkdir(parents=True, exist_ok=True)
     for name in filter(None, (entry.name, entry.classifier)):
         registry.pull(name, settings.model_dir, progress=False)
-    return _load_registered(entry.name, settings.model_dir, device, dtype)
+    return accelerated(_load_registered(entry.name, settings.model_dir, device, dtype), settings)
+
+
+def accelerated(model: ServedModel, settings: Settings) -> ServedModel:
+    """The model's network in channels_last and compiled (DDNM_CHANNELS_LAST, DDNM_COMPILE_MODE),
+    its forward under autocast (DDNM_AUTOCAST) on batches padded to DDNM_BATCH_BUCKETS."""
+    assert isinstance(model.eps, EpsAdapter), "accelerated once, on the loaded model"
+    accelerate(model.eps.network, settings.channels_last, settings.compile_mode)
+    eps: EpsModel = model.eps
+    if settings.autocast != "off":
+        eps = Autocast(eps, getattr(torch, settings.autocast), model.device.type)
+    buckets = [int(b) for b in split(settings.batch_buckets)]
+    if buckets:
+        eps = Bucketed(eps, buckets)
+    return replace(model, eps=eps)
 
 
 def load_named(model: str, model_dir: Path | None, device: str = "cpu") -> ServedModel:

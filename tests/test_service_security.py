@@ -338,3 +338,16 @@ def test_webhook_signed_retried_with_backoff_and_recorded(redis: Redis, redis_ur
         assert abs(time.time() - timestamp) < 30
         assert json.loads(body)["id"] == job_id and json.loads(body)["status"] == "canceled"
     assert not redis.zcard(WEBHOOKS_KEY)  # delivered: no longer due
+
+
+def test_a_job_not_started_by_its_deadline_expires(redis: Redis, redis_url: str) -> None:
+    with app_client(redis_url) as c:
+        job = c.post("/restore", **request({**SR4, "deadline_s": 0.5, "priority": 7})).json()
+        assert job["spec"]["deadline_s"] == 0.5 and job["spec"]["priority"] == 7
+        time.sleep(0.6)
+        assert c.portal is not None
+        store = c.app.state.store  # type: ignore[attr-defined]
+        assert c.portal.call(store.reap) == {job["id"]: "expired: not started by its deadline"}
+        expired = c.get(f"/jobs/{job['id']}").json()
+    assert expired["status"] == "expired" and "deadline" in expired["error"]
+    assert not redis.exists(job_key(job["id"], "image")) and not redis.zcard(ACTIVE_KEY)

@@ -232,3 +232,12 @@ def test_celery_is_set_for_long_jobs() -> None:
     assert transport["visibility_timeout"] == 150 and transport["unacked_restore_interval"] == 2
     assert conf.task_serializer == "json" and conf.accept_content == ["json"]
     assert conf.broker_url == settings.redis_url
+
+
+def test_a_job_past_its_deadline_expires_instead_of_starting(redis: Redis) -> None:
+    queued(redis)
+    redis.hset(job_key("j"), "deadline_at", time.time() - 1)
+    assert JobRun(redis, Settings(), "j", "w").start("ab", 0) is None
+    expired = record(redis)
+    assert (expired.status, expired.attempts, expired.worker) == (Status.EXPIRED, 0, None)
+    assert [data["status"] for kind, data in events(redis)] == ["expired"]
