@@ -8,7 +8,8 @@ Keys (prefix `ddnm:`), all of one job expiring together `job_ttl_s` after it end
     job:{id}:mask        bytes of the uploaded mask (inpainting only)
     job:{id}:result      PNG bytes of the restoration
     job:{id}:events      stream of {"event": "status" | "progress", "data": JSON}; the stream ids
-                         are the server-sent-event ids, so a client resumes with Last-Event-ID
+                         are the server-sent-event ids, so a client resumes with Last-Event-ID;
+                         when the job ends its status events move to the record ("history")
     idempotency:{owner}:{key}  "{job id} {payload sha256}", scoped to the API key that sent it
     active               sorted set: ids of unfinished jobs, scored by admission time
     active:{owner}       the same, of one API key
@@ -97,6 +98,7 @@ class JobRecord(BaseModel):
     psnr: float | None = None  # evaluate mode: against the uploaded clean image
     ssim: float | None = None
     webhook_deliveries: str | None = None  # JSON list of {"at", "status" | "error"}, oldest first
+    history: str | None = None  # an ended job's status events, JSON [[stream id, data], ..]
 
     @classmethod
     def from_redis(cls, fields: dict[Any, Any]) -> JobRecord:
@@ -190,8 +192,9 @@ JOBS_COUNTER_KEY = PREFIX + "metrics:jobs"
 # with the job (image, mask, result). ARGV: new status, allowed current statuses (space
 # separated), TTL seconds (0 keeps the keys as they are), event JSON, max events, guard (JSON
 # object of fields that must hold these values), job id, terminal ("1": the job ends: its uploads
-# are deleted, it leaves the active sets, its webhook is due), result ("" or the bytes to store
-# as the job's result), then field/value pairs to set.
+# and its event stream are deleted (its status events kept in "history"), it leaves the active
+# sets, its webhook is due), result (""
+# or the bytes to store as the job's result), then field/value pairs to set.
 # Returns {1, previous status} when applied, {0, current status or ""} when not.
 _TRANSITION_LUA = """
 local current = redis.call('HGET', KEYS[1], 'status')
@@ -210,6 +213,14 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event', 'status', 'dat
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 if ARGV[8] == '1' then
   redis.call('DEL', KEYS[4], KEYS[5])
+  -- an ended job keeps its status events only, as [[id, data], ..] in its record's "history"
+  -- (a stream costs kilobytes even when short); Last-Event-ID still resumes from their ids
+  local kept = {}
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
+    if entry[2][2] == 'status' then table.insert(kept, {entry[1], entry[2][4]}) end
+  end
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'history', cjson.encode(kept))
   local owner = redis.call('HGET', KEYS[1], 'owner') or ''
   redis.call('ZREM', '__PREFIX__active', ARGV[7])
   redis.call('ZREM', '__PREFIX__active:' .. owner, ARGV[7])

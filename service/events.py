@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -61,10 +62,9 @@ class EventHub:
                 # asked before the read: once the job has ended, its final event is in the read
                 # (a status and its event are written together)
                 ended = await _ended(self.redis, job_id)
-                entries: Any = await self.redis.xrange(stream, f"({last_id}", "+", count=100)
-                for entry_id, fields in entries:
-                    last_id = as_text(entry_id)
-                    event, data = as_text(fields[b"event"]), as_text(fields[b"data"])
+                entries = await self._entries(job_id, last_id, ended)
+                for entry_id, event, data in entries:
+                    last_id = entry_id
                     yield f"id: {last_id}\nevent: {event}\ndata: {data}\n\n"
                 if len(entries) == 100:
                     continue  # more are waiting
@@ -76,6 +76,18 @@ class EventHub:
                     yield ": keep-alive\n\n"
         finally:
             self._leave(owner, stream, wake)
+
+    async def _entries(self, job_id: str, after: str, ended: bool) -> list[tuple[str, str, str]]:
+        """(id, event, data) of the job's events after id `after`: from its stream, or from its
+        record's history once it has ended (the stream is gone then)."""
+        if ended:
+            history = await self.redis.hget(job_key(job_id), "history")
+            if history is not None:
+                kept = [(i, "status", d) for i, d in json.loads(history)]
+                return [e for e in kept if _stream_id(e[0]) > _stream_id(after)]
+        stream = job_key(job_id, "events")
+        entries: Any = await self.redis.xrange(stream, f"({after}", "+", count=100)
+        return [(as_text(i), as_text(f[b"event"]), as_text(f[b"data"])) for i, f in entries]
 
     def _leave(self, owner: str, stream: str, wake: asyncio.Event) -> None:
         self.per_owner[owner] -= 1
@@ -106,6 +118,11 @@ class EventHub:
                 self.cursors[stream] = as_text(entries[-1][0])
             for wake in self.followers.get(stream, ()):
                 wake.set()
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    ms, seq = entry_id.split("-")
+    return int(ms), int(seq)
 
 
 async def _ended(redis: Redis, job_id: str) -> bool:

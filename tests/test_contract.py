@@ -232,12 +232,13 @@ def test_transition_is_conditional_and_records_an_event(redis: Redis) -> None:
         result=b"r",
     )
     assert applied == 1
-    for key in (job_key("j1"), job_key("j1", "result"), job_key("j1", "events")):
+    for key in (job_key("j1"), job_key("j1", "result")):
         assert 0 < redis.ttl(key) <= 60
     assert redis.get(job_key("j1", "result")) == b"r"
-    assert not redis.exists(job_key("j1", "image"))  # uploads go as the job ends
-    events = redis.xrange(job_key("j1", "events"))
-    assert [json.loads(f[b"data"])["status"] for _, f in events] == ["running", "succeeded"]
+    # uploads and the event stream go as the job ends; its status events stay, in its record
+    assert not redis.exists(job_key("j1", "image")) and not redis.exists(job_key("j1", "events"))
+    history = json.loads(redis.hget(job_key("j1"), "history"))
+    assert [json.loads(data)["status"] for _, data in history] == ["running", "succeeded"]
     counts = redis.hgetall(JOBS_COUNTER_KEY)
     assert counts[b"running"] == b"1" and counts[b"succeeded"] == b"1"
     # a job that does not exist

@@ -20,7 +20,7 @@ import pytest
 from redis import Redis
 
 from cli.embedded import Stack, free_port
-from contract.jobs import HEARTBEAT_MISSES, MAX_ATTEMPTS, as_text, job_key
+from contract.jobs import HEARTBEAT_MISSES, MAX_ATTEMPTS, job_key
 from contract.settings import Settings
 from tests.conftest import FIXTURE_MODEL_ENV
 from tests.test_service_api import LIMITS_ENV, crop, hostile_files, png, request
@@ -38,12 +38,8 @@ def status_events(redis: Redis, job_id: str) -> list[tuple[float, dict]]:
     """(seconds since the epoch, data) of each status event of the job (from the stream ids)."""
     import json
 
-    entries = redis.xrange(job_key(job_id, "events"))
-    return [
-        (int(as_text(entry_id).split("-")[0]) / 1000, json.loads(fields[b"data"]))
-        for entry_id, fields in entries
-        if fields[b"event"] == b"status"
-    ]
+    history = json.loads(redis.hget(job_key(job_id), "history") or "[]")  # the job has ended
+    return [(int(entry_id.split("-")[0]) / 1000, json.loads(data)) for entry_id, data in history]
 
 
 def wait_all(client: httpx.Client, ids: list[str], timeout_s: float) -> dict[str, dict]:
