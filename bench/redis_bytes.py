@@ -52,9 +52,12 @@ def main() -> None:
             rows.append((sum(usage.values()), png, usage))
         leftovers = [k.decode() for k in redis.keys("ddnm:job:*") if k.count(b":") > 3]
     total, png, usage = rows[-1]
-    print(f"per finished job (median of {args.jobs}): {statistics.median(r[0] for r in rows)} B "
-          f"in Redis for a {png} B result PNG: record {usage['']} B, events {usage['events']} B, "
-          f"result {usage['result']} B; over the PNG: {total - png} B; other job keys: {leftovers}")  # fmt: skip
+    median = statistics.median(r[0] for r in rows)
+    print(
+        f"per finished job (median of {args.jobs}): {median} B in Redis for a {png} B result "
+        f"PNG: record {usage['']} B, events {usage['events']} B, result {usage['result']} B; "
+        f"over the PNG: {total - png} B; other job keys: {leftovers}"
+    )
 
 
 if __name__ == "__main__":

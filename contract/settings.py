@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     # the API server (`python -m service`)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    api_workers: int = Field(default=1, ge=1, le=64, description="API processes on the port")
     header_timeout_s: float = Field(default=10.0, gt=0, description="for a request's headers")
     body_timeout_s: float = Field(default=30.0, gt=0, description="between two parts of a body")
     log_format: Literal["json", "text"] = "json"

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sys
@@ -22,6 +23,7 @@ import uvicorn
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.supervisors import Multiprocess
 
 from contract.logs import configure_logging, uvicorn_log_config
 from contract.settings import Settings, split
@@ -177,6 +179,21 @@ class _TimedRequest:
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+class EnvHeaderTimeoutProtocol(HeaderTimeoutProtocol):
+    """`HeaderTimeoutProtocol` with DDNM_HEADER_TIMEOUT_S read from the environment: the class
+    the API's worker processes (DDNM_API_WORKERS > 1) import, as a class made at run time cannot
+    be sent to them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout_s = _env_header_timeout_s()
+
+
+@functools.cache
+def _env_header_timeout_s() -> float:
+    return Settings().header_timeout_s
+
+
 def open_public_problem(settings: Settings) -> str | None:
     """Why the API must not start with these settings (open on a non-loopback address), if so."""
     if split(settings.api_keys) or settings.loopback:
@@ -194,7 +211,12 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         factory=True,
         host=settings.host,
         port=settings.port,
-        http=header_timeout_protocol(settings.header_timeout_s),
+        http=(
+            header_timeout_protocol(settings.header_timeout_s)
+            if settings.api_workers == 1
+            else EnvHeaderTimeoutProtocol
+        ),
+        workers=settings.api_workers,
         timeout_keep_alive=KEEP_ALIVE_S,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         log_config=uvicorn_log_config(settings.log_format),
@@ -215,7 +237,11 @@ def serve(settings: Settings) -> int:
             settings.host,
             settings.port,
         )
-    server = uvicorn.Server(uvicorn_config(settings))
+    config = uvicorn_config(settings)
+    if settings.api_workers > 1:  # processes sharing one socket, each with its own event loop
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return 0
+    server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else EXIT_STARTUP
 
