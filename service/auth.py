@@ -87,8 +87,9 @@ def _cross_origin(request: Request) -> bool:
     return urlsplit(origin).netloc != request.headers.get("host") and origin not in allowed
 
 
-def optional_caller(request: Request) -> Caller | None:
-    """The caller, or None when it sent no key or a wrong one (health endpoints)."""
+async def optional_caller(request: Request) -> Caller | None:
+    """The caller, or None when it sent no key or a wrong one (health endpoints). (Request
+    dependencies are async, so that FastAPI runs them on the event loop, not in a thread.)"""
     keys: Keys = request.app.state.keys
     if keys.open:
         return keys.open_caller
@@ -96,7 +97,7 @@ def optional_caller(request: Request) -> Caller | None:
     return None if key is None else keys.identify(key)
 
 
-def caller(request: Request) -> Caller:
+async def caller(request: Request) -> Caller:
     """The caller; 401 without a valid key, 403 for a cross-origin write to an open API."""
     keys: Keys = request.app.state.keys
     if keys.open:

@@ -63,6 +63,7 @@ redis.call('EXPIRE', KEYS[1], 120)
 return 'ok'
 """
 ADMISSION_LEASE_S = 60  # an Idempotency-Key claimed by a request whose job is not stored yet
+MODELS_CACHE_S = 1.0
 QUOTA_RETRY_AFTER_S = 10  # after a refusal for too many unfinished jobs, or a full queue
 
 
@@ -104,11 +105,17 @@ class JobStore:
         self.redis = redis
         self.settings = settings
         self.enqueue = enqueue
+        self._models: tuple[float, dict[str, ModelInfo]] = (-float("inf"), {})
 
     async def models(self) -> dict[str, ModelInfo]:
-        """The models workers have announced (persisting across worker restarts)."""
-        raw = await self.redis.hgetall(MODELS_KEY)
-        return {as_text(k): ModelInfo.model_validate_json(v) for k, v in raw.items()}
+        """The models workers have announced (persisting across worker restarts), as read at
+        most MODELS_CACHE_S ago (announcements are rare; admission asks on every request)."""
+        at, known = self._models
+        if time.monotonic() - at > MODELS_CACHE_S or not known:
+            raw = await self.redis.hgetall(MODELS_KEY)
+            known = {as_text(k): ModelInfo.model_validate_json(v) for k, v in raw.items()}
+            self._models = (time.monotonic(), known)
+        return known
 
     async def heartbeats(self) -> list[Heartbeat]:
         """Workers alive now (their heartbeat keys expire when they stop beating)."""
@@ -116,9 +123,11 @@ class JobStore:
         values = await self.redis.mget(keys) if keys else []
         return [Heartbeat.model_validate_json(v) for v in values if v is not None]
 
-    async def admit(self, admission: Admission, idempotency_key: str | None) -> str:
-        """Create and enqueue a job; with an Idempotency-Key the caller used before, return its
-        job instead.
+    async def admit(
+        self, admission: Admission, idempotency_key: str | None
+    ) -> tuple[str, JobRecord | None]:
+        """Create and enqueue a job: its id and record; with an Idempotency-Key the caller used
+        before, its job's id instead (and None: the caller reads the record).
 
         Raises IdempotencyConflict when the key was used with a different payload, Refused when
         the caller is over its rate or quota or the queue is full. When the job cannot be stored
@@ -132,18 +141,18 @@ class JobStore:
             # claimed for ADMISSION_LEASE_S; stored with its job for idempotency_ttl_s
             claim = f"{job_id} {admission.upload_sha256}"
             if not await self.redis.set(key, claim, nx=True, ex=ADMISSION_LEASE_S):
-                return await self._replay(key, admission.upload_sha256)
+                return await self._replay(key, admission.upload_sha256), None
         model = admission.spec.model
         assert model is not None, "admission resolves the model"
         counted = counting_sets(owner, int(time.time() // 60))
         try:
             await self._count_in(job_id, counted)
-            await self._create(job_id, admission, key)
+            record = await self._create(job_id, admission, key)
             await anyio.to_thread.run_sync(self.enqueue, job_id, queue_name(model), 0)
         except Exception:
             await self._abandon(job_id, counted, key)
             raise
-        return job_id
+        return job_id, record
 
     async def _count_in(self, job_id: str, counted: list[str]) -> None:
         """Count the job against the caller's rate and quota and the queue's depth, or refuse."""
@@ -201,7 +210,7 @@ class JobStore:
             )
         return job_id
 
-    async def _create(self, job_id: str, admission: Admission, key: str | None) -> None:
+    async def _create(self, job_id: str, admission: Admission, key: str | None) -> JobRecord:
         spec, ttl = admission.spec, self.settings.pending_ttl_s
         assert spec.model is not None and spec.seed is not None
         record = JobRecord(
@@ -230,6 +239,7 @@ class JobStore:
             # the queued event and counter: a transition from the state just written
             transition(pipe, job_id, Status.QUEUED, (Status.QUEUED,), ttl_s=ttl)
             await pipe.execute()
+        return record
 
     async def get(self, job_id: str, owner: str) -> JobRecord | None:
         """The job's record, if it exists and belongs to `owner`."""

@@ -76,10 +76,10 @@ async def restore(
     webhook = _check_webhook(store.settings, caller, webhook)
     admission = await _check(store, caller, image, spec, mask, webhook)
     try:
-        job_id = await store.admit(admission, idempotency_key)
+        job_id, record = await store.admit(admission, idempotency_key)
     except IdempotencyConflict as err:
         raise HTTPException(422, str(err)) from err
-    record = await store.get(job_id, caller.owner)
+    record = record or await store.get(job_id, caller.owner)
     if record is None:  # a replay racing the first request, or of a job that has expired
         raise HTTPException(
             409, "the job of this Idempotency-Key is being admitted or has expired; retry later"
