@@ -62,21 +62,34 @@ def children(pid: int) -> list[int]:
     return found
 
 
-async def load(url: str, clients: int, seconds: float, request) -> list[float]:  # type: ignore[no-untyped-def]
-    """Latencies of `request(client)` sent by `clients` loops for `seconds`."""
+def raw_request(port: int, method: str, path: str, files: dict | None = None) -> bytes:
+    """The bytes of one HTTP/1.1 request (built once: the load generator only resends them)."""
+    built = httpx.Request(method, f"http://127.0.0.1:{port}{path}", files=files)
+    body = built.read()
+    headers = "".join(f"{k}: {v}\r\n" for k, v in built.headers.items())
+    return f"{method} {path} HTTP/1.1\r\n{headers}\r\n".encode() + body
+
+
+async def load(port: int, clients: int, seconds: float, request: bytes) -> list[float]:
+    """Latencies of `request`, resent on keep-alive connections by `clients` loops for
+    `seconds` (raw sockets: the generator costs little CPU beside the API's)."""
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
 
-        async def loop() -> None:
-            while time.perf_counter() < deadline:
-                start = time.perf_counter()
-                response = await request(client)
-                assert response.status_code in (200, 202), response.text
-                latencies.append(time.perf_counter() - start)
+    async def loop() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            assert status in (200, 202), head
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - start)
+        writer.close()
 
-        await asyncio.gather(*(loop() for _ in range(clients)))
+    await asyncio.gather(*(loop() for _ in range(clients)))
     return latencies
 
 
@@ -95,17 +108,16 @@ def measure(workers: int, clients: int, seconds: float, image: bytes) -> dict[st
         try:
             wait_for(lambda: port_open(port), "the API", 30)
             time.sleep(1.0 * workers)  # every process up
-            url = f"http://127.0.0.1:{port}"
             files = {"image": ("y.png", image), "spec": (None, SPEC)}
-            job = httpx.post(f"{url}/restore", files=files).json()["id"]
+            job = httpx.post(f"http://127.0.0.1:{port}/restore", files=files).json()["id"]
             results = {}
             for name, request in (
-                ("POST", lambda c: c.post("/restore", files=files)),
-                ("GET", lambda c: c.get(f"/jobs/{job}")),
+                ("POST", raw_request(port, "POST", "/restore", files)),
+                ("GET", raw_request(port, "GET", f"/jobs/{job}")),
             ):
                 cpu = cpu_seconds(api.pid)
                 start = time.perf_counter()
-                latencies = asyncio.run(load(url, clients, seconds, request))
+                latencies = asyncio.run(load(port, clients, seconds, request))
                 wall = time.perf_counter() - start
                 used = cpu_seconds(api.pid) - cpu
                 results[f"{name} req/s"] = len(latencies) / wall

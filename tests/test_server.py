@@ -434,3 +434,42 @@ def test_other_scopes_pass_untouched() -> None:
 
     asyncio.run(BodyTimeout(app, 0.01)({"type": "lifespan"}, Client().receive, Client().send))
     assert seen == ["lifespan"]
+
+
+@pytest.mark.integration
+def test_several_api_processes_share_the_port_and_keep_the_header_timeout(
+    tmp_path: Path,
+) -> None:
+    from cli.embedded import RedisServer, free_port
+
+    with RedisServer() as redis_url:
+        api = Api(free_port(), tmp_path / "stderr.log")
+        env = server_env(
+            DDNM_REDIS_URL=redis_url,
+            DDNM_PORT=str(api.port),
+            DDNM_API_WORKERS="2",
+            DDNM_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
+        )
+        with api.stderr.open("wb") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "service"], cwd=REPO, env=env, stderr=stderr
+            )
+        try:
+            wait_until_up(process, api)
+            workers = [
+                p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == process.pid
+            ]
+            assert len(workers) >= 2  # uvicorn's supervisor and its two API processes
+            with socket.create_connection(("127.0.0.1", api.port)) as sock:
+                assert trickle(sock, HEADER_TIMEOUT_S + 3)  # cut off in a worker process too
+            assert all(httpx.get(f"{api.url}/healthz").status_code == 200 for _ in range(10))
+        finally:
+            process.terminate()
+            process.wait(15)
+
+
+def _parent(proc: Path) -> int:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
