@@ -392,7 +392,7 @@ def test_killing_a_worker_mid_job_does_not_lose_the_job(client: Client, stack: S
     assert [w["worker"] for w in client.get("/readyz").json()["workers"]] == [final["worker"]]
 
 
-def test_stopping_a_worker_mid_job_hands_the_job_on_at_once(
+def test_stopping_a_worker_hands_every_job_it_holds_on_at_once(
     client: Client, stack: Stack, redis: Redis
 ) -> None:
     stack.add_worker()  # the last test killed one
@@ -401,20 +401,27 @@ def test_stopping_a_worker_mid_job_hands_the_job_on_at_once(
         return sum(w["ready"] for w in client.get("/readyz").json()["workers"]) == 2
 
     wait_for(two_ready, "a second worker with its model", 120.0)
-    job = submit(client, {"degradations": [{"op": "grayscale"}], "steps": 60}, png(crop()[..., 0]))
-    running = wait_running(client, job["id"], min_step=3)
-    pid = int(running["worker"].rsplit("-", 1)[1])
+    jobs = [
+        submit(client, {"degradations": [{"op": "grayscale"}], "steps": 80}, png(crop()[..., 0]))
+        for _ in range(2 * SLOTS)  # each worker holds SLOTS of them
+    ]
+    running = [wait_running(client, job["id"], min_step=3) for job in jobs]
+    stopped = running[0]["worker"]
+    held = [job for job in running if job["worker"] == stopped]
+    assert len(held) == SLOTS
+    pid = int(stopped.rsplit("-", 1)[1])
     (name,) = [n for n in stack.workers if stack.processes[n].pid == pid]
     process = stack.processes.pop(name)
     stopped_at = time.time()
     stop_processes([process])  # SIGTERM (docker stop): a warm shutdown
-    assert process.returncode == 0  # it stopped by itself, at the job's next step
-    final = wait(client, job["id"])
-    assert final["status"] == "succeeded", final["error"]
-    assert final["attempts"] == 2 and final["worker"] != running["worker"]
-    # handed back by the worker itself (the reaper would have sent a new message), at once
-    assert _epoch(final["started_at"]) - stopped_at < 10.0
-    assert redis.hget(job_key(job["id"]), "dispatch") == b"0"
-    events = parse_events(client.get(job["events_url"]).text)
-    statuses = [e["data"]["status"] for e in events if e["event"] == "status"]
-    assert statuses == ["queued", "running", "queued", "running", "succeeded"]
+    assert process.returncode == 0  # it stopped by itself, at its jobs' next steps
+    for job in held:
+        final = wait(client, job["id"])
+        assert final["status"] == "succeeded", final["error"]
+        assert final["attempts"] == 2 and final["worker"] != stopped
+        # handed back by the worker itself (the reaper would have sent a new message), at once
+        assert _epoch(final["started_at"]) - stopped_at < 10.0
+        assert redis.hget(job_key(job["id"]), "dispatch") == b"0"
+        events = parse_events(client.get(job["events_url"]).text)
+        statuses = [e["data"]["status"] for e in events if e["event"] == "status"]
+        assert statuses == ["queued", "running", "queued", "running", "succeeded"]
