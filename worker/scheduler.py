@@ -97,6 +97,8 @@ class Scheduler:
                     on_step(steps.get(timeout=POLL_S))
                 if outcome.done() and steps.empty():
                     return outcome.result()
+                if not self.thread.is_alive():
+                    raise RuntimeError("the worker's scheduler has stopped")
         except BaseException:
             self.inbox.put(_Drop(outcome))
             raise
@@ -142,7 +144,14 @@ class Scheduler:
 
     def _round(self) -> None:
         assert self.eps is not None, "runs are followed once the model is served"
-        for handle, ended in self.batcher.step(self.eps).items():
+        try:
+            ended_now = self.batcher.step(self.eps)
+        except Exception as err:  # not one run's failure (the batcher isolates those)
+            log.exception("a forward failed; the runs in the batcher end with it")
+            ended_now = dict.fromkeys(self.batcher.live, err)
+            for handle in ended_now:
+                self.batcher.drop(handle)
+        for handle, ended in ended_now.items():
             outcome = self.outcomes.pop(handle)
             self.handles.pop(outcome)
             _resolve(outcome, ended)
