@@ -26,6 +26,7 @@ from contract.jobs import CELERY_WIRE, TASK_NAME
 from contract.settings import Settings, split
 from service import webhooks
 from service.auth import Keys
+from service.docs import add_docs
 from service.events import EventHub, TooManyStreams
 from service.jobs import Enqueue, JobStore, Refused
 from service.routes import health, jobs, models, restore
@@ -138,7 +139,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await reader.aclose()
         await redis.aclose()
 
-    app = FastAPI(title="ddnm-service", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="ddnm-service",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served by add_docs, with local assets
+        redoc_url=None,
+    )
+    add_docs(app)
     app.state.settings = settings
     app.state.keys = keys
     # an image, a mask and the spec

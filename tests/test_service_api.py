@@ -598,3 +598,17 @@ def test_spec_types_are_strict(client: TestClient, field: str, value: object) ->
     response = client.post("/restore", **request({**SR4, field: value}))
     assert response.status_code == 422
     assert response.json()["detail"].startswith(f"spec: {field}:")
+
+
+def test_the_docs_pages_load_nothing_from_the_network(client: TestClient) -> None:
+    for page in ("/docs", "/redoc"):
+        html = client.get(page)
+        assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+        sources = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+        assets = [s for s in sources if s.startswith("/docs-assets/")]
+        assert assets and not [s for s in sources if "//" in s], sources  # all local
+        for asset in assets:
+            served = client.get(asset)
+            assert served.status_code == 200 and len(served.content) > 1000, asset
+        assert "url: '/openapi.json'" in html.text or 'spec-url="/openapi.json"' in html.text
+    assert client.get("/openapi.json").json()["info"]["title"] == "ddnm-service"
