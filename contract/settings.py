@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     redelivery_check_s: float = Field(default=10.0, gt=0)
     heartbeat_s: float = Field(default=5.0, gt=0)
     progress_interval_s: float = Field(default=0.5, ge=0)
+    preview_interval_s: float = Field(
+        default=2.0, ge=0, description="least time between two previews of x0 (0: none)"
+    )
     reaper_interval_s: float = Field(
         default=5.0, gt=0, description="how often the API looks for jobs of dead workers"
     )

@@ -50,6 +50,7 @@ ENV = {
     **FIXTURE_MODEL_ENV,
     **LIMITS_ENV,
     "DDNM_PROGRESS_INTERVAL_S": "0",  # every step, to watch progress advance
+    "DDNM_PREVIEW_INTERVAL_S": "0",  # no previews: the event sequences below are exact
     "DDNM_JOB_TIME_LIMIT_S": "90",  # the README example (100 steps, tiled) takes 20 s here
     "DDNM_VISIBILITY_TIMEOUT_S": "120",
     "DDNM_REDELIVERY_CHECK_S": "1",

@@ -246,3 +246,24 @@ def test_a_job_past_its_deadline_expires_instead_of_starting(redis: Redis) -> No
     expired = record(redis)
     assert (expired.status, expired.attempts, expired.worker) == (Status.EXPIRED, 0, None)
     assert [data["status"] for kind, data in events(redis)] == ["expired"]
+
+
+def test_previews_of_x0_are_throttled_small_pngs(redis: Redis) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    queued(redis)
+    run = JobRun(redis, Settings(preview_interval_s=0.5, progress_interval_s=60), "j", "w")
+    run.start("ab", 0)
+    x0 = torch.linspace(-1, 1, 3 * 256 * 200).reshape(1, 3, 256, 200)
+    for step in range(1, 6):
+        run.on_step(StepInfo(step, 10, 0, -1, x0, x0))
+    time.sleep(0.55)
+    run.on_step(StepInfo(6, 10, 0, -1, x0, x0))
+    run.on_step(StepInfo(7, 10, 0, -1, x0, x0))  # within the interval again
+    previews = [data for kind, data in events(redis) if kind == "preview"]
+    assert [p["step"] for p in previews] == [6]  # none before one interval, then throttled
+    image = Image.open(io.BytesIO(base64.b64decode(previews[0]["png"])))
+    assert image.size == (100, 128) and image.mode == "RGB"  # the longer side at most 128

@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import threading
 import time
 from collections import Counter
 
+import numpy as np
+from PIL import Image
 from redis import Redis
 from redis.client import Pipeline
+from torch import Tensor
 
 from contract.jobs import (
     JOB_SECONDS,
@@ -25,6 +30,8 @@ from contract.jobs import (
 )
 from contract.settings import Settings
 from ddnm.sampling import StepInfo
+
+PREVIEW_SIDE = 128  # pixels, the longer side of a preview
 
 
 class JobCanceled(Exception):
@@ -53,6 +60,19 @@ def _observe(pipe: Pipeline, histogram: Histogram, values: list[float]) -> None:
         pipe.hincrbyfloat(histogram.key, "sum", sum(values))
 
 
+def preview_png(x0: Tensor, side: int = PREVIEW_SIDE) -> str:
+    """The current estimate x̂_{0|t} of the first sample, (B, C, H, W) in about [-1, 1], as a
+    base64 PNG at most `side` pixels on its longer side (numpy and Pillow only: the job thread
+    leaves torch to the scheduler)."""
+    pixels = (np.clip(x0[0].detach().cpu().numpy(), -1, 1) + 1) * 127.5
+    hwc = pixels.round().astype(np.uint8).transpose(1, 2, 0)
+    image = Image.fromarray(hwc[..., 0] if hwc.shape[2] == 1 else hwc)
+    image.thumbnail((side, side))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
 class JobRun:
     """One attempt by this worker at job `job_id`; it stops at the next step once `stopping`
     is set."""
@@ -74,6 +94,7 @@ class JobRun:
         self.checkpoint_sha256 = ""
         self.started = self.last_step = time.monotonic()
         self.last_write = -float("inf")
+        self.last_preview = self.started  # the first preview after one interval
         self.step_seconds: list[float] = []  # not yet written to the histogram
 
     def start(self, checkpoint_sha256: str, dispatch: int) -> JobRecord | None:
@@ -135,6 +156,18 @@ class JobRun:
         if info.step == info.total or now - self.last_write >= self.settings.progress_interval_s:
             self.last_write = now
             self._progress(info.step, info.total, (now - self.started) / info.step)
+        interval = self.settings.preview_interval_s
+        if interval > 0 and now - self.last_preview >= interval and info.step < info.total:
+            self.last_preview = now
+            self._event("preview", {"step": info.step, "png": preview_png(info.x0)})
+
+    def _event(self, kind: str, data: dict[str, object]) -> None:
+        self.redis.xadd(
+            job_key(self.job_id, "events"),
+            {"event": kind, "data": json.dumps(data)},
+            maxlen=MAX_EVENTS,
+            approximate=True,
+        )
 
     def _progress(self, step: int, total: int, seconds_per_step: float) -> None:
         fields = {
