@@ -42,6 +42,17 @@ class Evaluation(BaseModel):
     ssim: float
 
 
+class Estimate(BaseModel):
+    """What POST /restore would admit (POST /restore/estimate)."""
+
+    spec: TaskSpec = Field(description="the spec as it would run (defaults and model filled in)")
+    width: int = Field(description="of the restored image")
+    height: int
+    plan: dict[str, int] | None = Field(description="the tiling plan; null: one whole-image run")
+    predicted_evaluations: int = Field(description="window-sized network evaluations")
+    budget: int = Field(description="the most one job may need (DDNM_MAX_NETWORK_EVALUATIONS)")
+
+
 class WebhookDelivery(BaseModel):
     at: float = Field(description="unix time of the call")
     status: int | None = Field(default=None, description="the receiver's HTTP status")

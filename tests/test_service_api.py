@@ -612,3 +612,22 @@ def test_the_docs_pages_load_nothing_from_the_network(client: TestClient) -> Non
             assert served.status_code == 200 and len(served.content) > 1000, asset
         assert "url: '/openapi.json'" in html.text or 'spec-url="/openapi.json"' in html.text
     assert client.get("/openapi.json").json()["info"]["title"] == "ddnm-service"
+
+
+def test_an_estimate_predicts_what_admission_records_and_stores_nothing(
+    client: TestClient, redis: Redis
+) -> None:
+    y = box_downsample(data.astronaut()[:96, :128], 4).round().astype(np.uint8)  # 24 x 32
+    estimate = client.post("/restore/estimate", **request(SR4, png(y)))
+    assert estimate.status_code == 200, estimate.text
+    body = estimate.json()
+    assert (body["width"], body["height"]) == (128, 96) and body["plan"]["windows"] > 1
+    assert body["budget"] == Settings().max_network_evaluations
+    assert job_keys(redis) == [] and redis.llen(queue_name(MODEL.name)) == 0
+    job = client.post("/restore", **request(SR4, png(y))).json()
+    assert (job["plan"], job["predicted_evaluations"]) == (
+        body["plan"],
+        body["predicted_evaluations"],
+    )
+    bad = client.post("/restore/estimate", **request(SR4, b"not an image"))
+    assert bad.status_code == 422 and bad.json()["detail"].startswith("image: ")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -20,9 +21,10 @@ from contract.settings import Settings, split
 from contract.spec import Shape, TaskSpec
 from contract.tiling import TilePlan
 from service.auth import Caller, CallerDep
+from service.auth import caller as caller_dependency
 from service.deps import StoreDep
 from service.jobs import Admission, IdempotencyConflict, JobStore
-from service.schemas import Error, Job, describe_error
+from service.schemas import Error, Estimate, Job, describe_error
 from service.uploads import CheckedImage, check_image
 
 router = APIRouter(tags=["restore"])
@@ -108,6 +110,53 @@ def _check_webhook(settings: Settings, caller: Caller, url: str | None) -> str |
     return url
 
 
+@router.post(
+    "/restore/estimate",
+    dependencies=[Depends(multipart_only), Depends(caller_dependency)],
+    responses={413: {"model": Error}, 415: {"model": Error}, 422: {"model": Error}},
+)
+async def estimate(
+    store: StoreDep,
+    image: Annotated[UploadFile | None, File(description="the degraded image y")] = None,
+    spec: Annotated[str | None, Form(description=SPEC_HELP)] = None,
+) -> Estimate:
+    """What `POST /restore` would admit for this image and spec, without admitting it: the
+    restored size, the tiling plan and the predicted network evaluations (the mask is not
+    needed yet). The same refusals as `POST /restore`."""
+    sized = await _sized(store, image, spec)
+    return Estimate(
+        spec=sized.spec.model_copy(update={"model": sized.info.name}),
+        width=sized.x_shape[2],
+        height=sized.x_shape[1],
+        plan=None if sized.plan is None else sized.plan.summary(),
+        predicted_evaluations=sized.cost,
+        budget=store.settings.max_network_evaluations,
+    )
+
+
+@dataclass(frozen=True)
+class _Sized:
+    """A spec and an upload checked against the model: the restored shape, its plan, its cost."""
+
+    spec: TaskSpec
+    info: ModelInfo
+    checked: CheckedImage
+    x_shape: Shape
+    plan: TilePlan | None
+    cost: int
+
+
+async def _sized(store: JobStore, image: UploadFile | None, spec_text: str | None) -> _Sized:
+    if spec_text is None:
+        raise HTTPException(422, f"spec: missing; send the {SPEC_HELP} as form field 'spec'")
+    spec = _parse_spec(spec_text)
+    if image is None:
+        raise HTTPException(422, "image: missing; send the degraded image as file field 'image'")
+    info = await _model(store, spec)
+    checked = await _read(store, "image", image)
+    return _Sized(spec, info, checked, *_geometry(store.settings, spec, info, checked))
+
+
 async def _check(
     store: JobStore,
     caller: Caller,
@@ -116,14 +165,9 @@ async def _check(
     mask: UploadFile | None,
     webhook: str | None,
 ) -> Admission:
-    if spec_text is None:
-        raise HTTPException(422, f"spec: missing; send the {SPEC_HELP} as form field 'spec'")
-    spec = _parse_spec(spec_text)
-    if image is None:
-        raise HTTPException(422, "image: missing; send the degraded image as file field 'image'")
-    info = await _model(store, spec)
-    checked = await _read(store, "image", image)
-    x_shape, plan, cost = _geometry(store.settings, spec, info, checked)
+    sized = await _sized(store, image, spec_text)
+    spec, info, checked, x_shape = sized.spec, sized.info, sized.checked, sized.x_shape
+    plan, cost = sized.plan, sized.cost
     mask_bytes = await _check_mask(store, spec, x_shape, mask)
     seed = spec.seed if spec.seed is not None else secrets.randbelow(2**31)
     digest = hashlib.sha256(spec.model_dump_json().encode())
