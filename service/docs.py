@@ -1,6 +1,7 @@
-"""The API's documentation pages, served with their scripts and styles from this installation
-(Swagger UI and ReDoc as the `fastapi-offline` package ships them), so `/docs` and `/redoc`
-work without internet: FastAPI's own pages load them from a CDN."""
+"""The pages the API serves to people: the web page at `/` (plain HTML, CSS and JS in
+`service/web`, nothing fetched from elsewhere) and the API's documentation at `/docs` and
+`/redoc`, their scripts and styles from this installation (Swagger UI and ReDoc as the
+`fastapi-offline` package ships them): FastAPI's own pages load them from a CDN."""
 
 from __future__ import annotations
 
@@ -9,10 +10,20 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 ASSETS_URL = "/docs-assets"
+WEB_DIR = Path(__file__).parent / "web"
+
+
+def add_web_page(app: FastAPI) -> None:
+    """The page at `/`, its script and style under /web."""
+    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
 
 
 def assets_dir() -> Path:

@@ -26,7 +26,7 @@ from contract.jobs import CELERY_WIRE, TASK_NAME
 from contract.settings import Settings, split
 from service import webhooks
 from service.auth import Keys
-from service.docs import add_docs
+from service.docs import add_docs, add_web_page
 from service.events import EventHub, TooManyStreams
 from service.jobs import Enqueue, JobStore, Refused
 from service.routes import health, jobs, models, restore
@@ -147,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     add_docs(app)
+    add_web_page(app)
     app.state.settings = settings
     app.state.keys = keys
     # an image, a mask and the spec
