@@ -1,6 +1,8 @@
 # The REST API: slim, no torch. Build from the repository root:
 #   docker build -f docker/api.Dockerfile -t ddnm-api .
-FROM python:3.11-slim
+# BASE_IMAGE: a Python 3.11 image (default the pinned upstream one; any Debian with Python 3.11)
+ARG BASE_IMAGE=python:3.11.7-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -14,7 +16,7 @@ COPY contract contract
 COPY service service
 
 RUN useradd --create-home --uid 10001 ddnm
-USER ddnm
+USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]

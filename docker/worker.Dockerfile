@@ -1,7 +1,9 @@
 # A GPU worker: PyTorch with CUDA, the ddnm library and the Celery worker. Build from the
 # repository root:  docker build -f docker/worker.Dockerfile -t ddnm-worker .
 # Needs the NVIDIA container toolkit on the host; runs on the CPU without it (slowly).
-FROM python:3.11-slim
+# BASE_IMAGE: a Python 3.11 image (default the pinned upstream one; any Debian with Python 3.11)
+ARG BASE_IMAGE=python:3.11.7-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -11,15 +13,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 # the Linux x86-64 wheels of torch on PyPI are CUDA builds that bring their CUDA runtime libraries
 RUN pip install --no-cache-dir torch==2.13.0
+COPY docker/requirements-worker.txt /tmp/requirements-worker.txt
+RUN pip install --no-cache-dir --requirement /tmp/requirements-worker.txt
 COPY pyproject.toml README.md ./
 COPY ddnm ddnm
 COPY contract contract
 COPY pipeline pipeline
 COPY worker worker
-RUN pip install --no-cache-dir ".[worker]"
+RUN pip install --no-cache-dir --no-deps . && pip check
 
 RUN useradd --create-home --uid 10001 ddnm && mkdir -p /models && chown ddnm /models
-USER ddnm
+USER 10001
 VOLUME /models
 # healthy once this container's worker has its model loaded (a download can take minutes)
 HEALTHCHECK --interval=15s --timeout=5s --retries=3 --start-period=600s \

@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -111,7 +113,7 @@ def test_environment_names_are_settings() -> None:
 def test_dockerfiles_copy_existing_paths_and_run_real_commands(service: str) -> None:
     context, steps = build_of(service)
     kinds = [k for k, _ in steps]
-    assert kinds[0] == "FROM" and "CMD" in kinds and "HEALTHCHECK" in kinds
+    assert kinds[:2] == ["ARG", "FROM"] and "CMD" in kinds and "HEALTHCHECK" in kinds
     assert "USER" in kinds  # not root
     for kind, arguments in steps:
         if kind == "COPY":
@@ -148,9 +150,30 @@ def test_api_image_has_no_torch_and_all_the_service_needs() -> None:
 
 
 def test_worker_image_installs_pinned_torch_and_the_worker_extra() -> None:
-    _, steps = build_of("worker")
+    context, steps = build_of("worker")
     runs = [a for k, a in steps if k == "RUN"]
     assert any("torch==2.13.0" in r for r in runs)
-    assert any('".[worker]"' in r for r in runs)
+    assert any("--no-deps ." in r for r in runs)  # the project; its dependencies from the file
+    lines = (context / "docker/requirements-worker.txt").read_text().splitlines()
+    requirements = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+    base = [r for r in PYPROJECT["project"]["dependencies"] if not r.startswith("torch")]
+    assert set(base) | set(PYPROJECT["project"]["optional-dependencies"]["worker"]) == requirements
     copied = {a.split()[0] for k, a in steps if k == "COPY"}
     assert {"ddnm", "contract", "pipeline", "worker"} <= copied
+
+
+@pytest.mark.parametrize("service", ["api", "worker"])
+def test_dockerfiles_are_lint_clean_with_a_pinned_base_and_a_numeric_user(service: str) -> None:
+    """hadolint (from its registry package) reports nothing, not even at info level."""
+    context, steps = build_of(service)
+    dockerfile = context / SERVICES[service]["build"]["dockerfile"]
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "hadolint"), str(dockerfile)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0 and done.stdout == "", done.stdout
+    args = dict(a.split("=", 1) for k, a in steps if k == "ARG")
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", args["BASE_IMAGE"])
+    assert ("FROM", "${BASE_IMAGE}") in steps
+    assert [a for k, a in steps if k == "USER"] == ["10001"]
