@@ -142,10 +142,15 @@ def test_a_failing_run_a_failing_forward_and_a_dropped_run_leave_the_others(
             call = run.send((yield call))
         raise RuntimeError("this job's own arithmetic failed")
 
-    # an out-of-range label makes the shared forward fail: it is retried request by request
-    bad_label = prepare(model, spec.model_copy(update={"class_label": 999}), JOBS[0][1], None)
+    def bad_label() -> Run:
+        """A request the ε-model refuses (label past the classifier's 1000 classes): the shared
+        forward fails, and is retried request by request."""
+        x = torch.zeros(1, 3, 32, 32)
+        yield NetCall(x, torch.zeros(1), labels=torch.tensor([5000]), scales=torch.tensor([1.0]))
+        return x
+
     batcher = Batcher(64)
-    handles = [batcher.add(r)[0] for r in (healthy.run, raises_after(3), bad_label.run)]
+    handles = [batcher.add(r)[0] for r in (healthy.run, raises_after(3), bad_label())]
     dropped, _ = batcher.add(prepare(model, spec, JOBS[0][1], None).run)
     outcomes: dict[int, object] = {}
     while batcher.live:
@@ -155,4 +160,6 @@ def test_a_failing_run_a_failing_forward_and_a_dropped_run_leave_the_others(
     assert isinstance(outcomes[handles[1]], RuntimeError)
     assert dropped not in outcomes
     assert torch.allclose(outcomes[handles[0]], expected, atol=1e-5, rtol=0)
-    assert isinstance(outcomes[handles[2]], Exception) or torch.is_tensor(outcomes[handles[2]])
+    assert isinstance(outcomes[handles[2]], ValueError) and "class_label" in str(
+        outcomes[handles[2]]
+    )

@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 
 import numpy as np
 from PIL import Image
@@ -102,17 +103,20 @@ class JobRun:
         current one (`dispatch`); None when it is gone, canceled, running or done, or when the
         message is a stale one (redelivered after the job was handed on)."""
         self.checkpoint_sha256, self.dispatch = checkpoint_sha256, dispatch
-        fields = self.redis.hgetall(job_key(self.job_id))
-        if fields and past_deadline(JobRecord.from_redis(fields), time.time()):
+        record = self._read()
+        if record is not None and past_deadline(record, time.time()):
             expire(self.redis, self.job_id, self.settings.job_ttl_s)
             return None
-        return self._claim()
+        return self._claim(record)
 
-    def _claim(self) -> JobRecord | None:
+    def _read(self) -> JobRecord | None:
         fields = self.redis.hgetall(job_key(self.job_id))
-        if not fields:
+        return JobRecord.from_redis(fields) if fields else None
+
+    def _claim(self, record: JobRecord | None) -> JobRecord | None:
+        """Move the queued job (as `record` holds it) to running under this attempt."""
+        if record is None:
             return None
-        record = JobRecord.from_redis(fields)
         self.attempt = record.attempts + 1
         applied, _ = transition(
             self.redis,
@@ -145,7 +149,7 @@ class JobRun:
         mine = (worker, attempts) == (self.worker_id.encode(), str(self.attempt).encode())
         # not ours: handed on, unless Redis lost our claim (a crash): then it is still queued
         # for our message, and we claim it again
-        if not mine and self._claim() is None:
+        if not mine and self._claim(self._read()) is None:
             raise JobLost(f"handed on at step {info.step} of {info.total}")
         if canceled is not None:
             raise JobCanceled(f"canceled at step {info.step} of {info.total}")
@@ -159,10 +163,11 @@ class JobRun:
         interval = self.settings.preview_interval_s
         if interval > 0 and now - self.last_preview >= interval and info.step < info.total:
             self.last_preview = now
-            self._event("preview", {"step": info.step, "png": preview_png(info.x0)})
+            preview = {"step": info.step, "png": preview_png(info.x0)}
+            self._event(self.redis, "preview", preview)
 
-    def _event(self, kind: str, data: dict[str, object]) -> None:
-        self.redis.xadd(
+    def _event(self, client: Redis | Pipeline, kind: str, data: Mapping[str, object]) -> None:
+        client.xadd(
             job_key(self.job_id, "events"),
             {"event": kind, "data": json.dumps(data)},
             maxlen=MAX_EVENTS,
@@ -177,12 +182,7 @@ class JobRun:
         }
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(job_key(self.job_id), mapping=fields)  # type: ignore[arg-type]
-            pipe.xadd(
-                job_key(self.job_id, "events"),
-                {"event": "progress", "data": json.dumps(fields)},
-                maxlen=MAX_EVENTS,
-                approximate=True,
-            )
+            self._event(pipe, "progress", fields)
             _observe(pipe, STEP_SECONDS, self.step_seconds)
             self.step_seconds = []
             pipe.execute()
