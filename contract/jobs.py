@@ -13,6 +13,8 @@ Keys (prefix `ddnm:`), all of one job expiring together `job_ttl_s` after it end
     idempotency:{owner}:{key}  "{job id} {payload sha256}", scoped to the API key that sent it
     active               sorted set: ids of unfinished jobs, scored by admission time
     active:{owner}       the same, of one API key
+    running:{model}      list: ids of the jobs a worker runs on `model` now (the autoscaler's
+                         measure of work in progress; the Celery queue holds only waiting jobs)
     rate:{owner}:{minute}  sorted set: ids of the jobs one API key submitted in one minute
     webhooks             sorted set: ids of ended jobs with a webhook to call, scored by when
     worker:{id}          JSON heartbeat of one worker process, expiring after HEARTBEAT_MISSES beats
@@ -184,6 +186,7 @@ ACTIVE_KEY = PREFIX + "active"
 RATE_KEY = PREFIX + "rate:{}:{}"  # owner, minute
 WEBHOOKS_KEY = PREFIX + "webhooks"
 WORKER_KEY = PREFIX + "worker:{}"
+RUNNING_KEY = PREFIX + "running:{}"  # model
 MODELS_KEY = PREFIX + "models"
 JOBS_COUNTER_KEY = PREFIX + "metrics:jobs"
 
@@ -194,7 +197,8 @@ JOBS_COUNTER_KEY = PREFIX + "metrics:jobs"
 # object of fields that must hold these values), job id, terminal ("1": the job ends: its uploads
 # and its event stream are deleted (its status events kept in "history"), it leaves the active
 # sets, its webhook is due), result (""
-# or the bytes to store as the job's result), then field/value pairs to set.
+# or the bytes to store as the job's result), then field/value pairs to set. A job entering or
+# leaving `running` enters or leaves its model's running list.
 # Returns {1, previous status} when applied, {0, current status or ""} when not.
 _TRANSITION_LUA = """
 local current = redis.call('HGET', KEYS[1], 'status')
@@ -211,6 +215,11 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], unpack(ARGV, 10))
 if ARGV[9] ~= '' then redis.call('SET', KEYS[6], ARGV[9]) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event', 'status', 'data', ARGV[4])
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+if current == 'running' or ARGV[1] == 'running' then
+  local running = '__PREFIX__running:' .. (redis.call('HGET', KEYS[1], 'model') or '')
+  redis.call('LREM', running, 0, ARGV[7])
+  if ARGV[1] == 'running' then redis.call('RPUSH', running, ARGV[7]) end
+end
 if ARGV[8] == '1' then
   redis.call('DEL', KEYS[4], KEYS[5])
   -- an ended job keeps its status events only, as [[id, data], ..] in its record's "history"

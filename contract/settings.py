@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(default=10.0, gt=0, description="for a request's headers")
     body_timeout_s: float = Field(default=30.0, gt=0, description="between two parts of a body")
     log_format: Literal["json", "text"] = "json"
+    ready_without_workers: bool = Field(
+        default=False,
+        description="/readyz is 200 with no worker up once a model was announced (workers "
+        "that scale from zero start when jobs wait)",
+    )
 
     # access: comma-separated API keys, each the key itself or "sha256:" + its hex digest; none:
     # the API runs open, and only on a loopback address

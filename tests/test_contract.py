@@ -13,7 +13,14 @@ import torch
 from pydantic import ValidationError
 from redis import Redis
 
-from contract.jobs import JOBS_COUNTER_KEY, JobRecord, Status, job_key, transition
+from contract.jobs import (
+    JOBS_COUNTER_KEY,
+    RUNNING_KEY,
+    JobRecord,
+    Status,
+    job_key,
+    transition,
+)
 from contract.settings import Settings
 from contract.spec import BLUR_SIGMA_Y, QUANTIZATION_SIGMA_Y, TaskSpec
 from ddnm.schedules import check_travel
@@ -243,6 +250,24 @@ def test_transition_is_conditional_and_records_an_event(redis: Redis) -> None:
     assert counts[b"running"] == b"1" and counts[b"succeeded"] == b"1"
     # a job that does not exist
     assert transition(redis, "nope", Status.RUNNING, (Status.QUEUED,)) == [0, b""]
+
+
+def test_the_running_list_of_a_model_holds_the_jobs_running_on_it(redis: Redis) -> None:
+    """What the autoscaler reads beside the queue: a job is in running:{model} exactly while its
+    status is running, also when a worker claims it again or hands it back."""
+    running = RUNNING_KEY.format("m")
+    for job in ("a", "b"):
+        redis.hset(job_key(job), mapping={"status": "queued", "model": "m"})
+        transition(redis, job, Status.RUNNING, (Status.QUEUED,))
+    assert redis.lrange(running, 0, -1) == [b"a", b"b"]
+    transition(redis, "a", Status.RUNNING, (Status.RUNNING,))  # claimed again: listed once
+    assert sorted(redis.lrange(running, 0, -1)) == [b"a", b"b"]
+    transition(redis, "a", Status.QUEUED, (Status.RUNNING,))  # handed back
+    assert redis.lrange(running, 0, -1) == [b"b"]
+    transition(redis, "b", Status.FAILED, (Status.RUNNING,), ttl_s=60, error="x")
+    assert redis.llen(running) == 0
+    transition(redis, "a", Status.CANCELED, (Status.QUEUED,))
+    assert redis.llen(running) == 0
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:

@@ -12,6 +12,7 @@ import re
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -413,6 +414,19 @@ def test_models_readiness_and_heartbeats(client: TestClient, redis: Redis) -> No
     redis.set(WORKER_KEY.format("w2"), ready.model_dump_json(), ex=10)
     assert client.get("/readyz").status_code == 200
     assert client.get("/models").json()[0]["workers_ready"] == 1
+
+
+def test_ready_without_workers_once_a_model_was_announced(redis: Redis, redis_url: str) -> None:
+    """With workers that scale from zero (deploy/: KEDA), the API stays ready, and admits jobs,
+    while no worker runs, once a worker has announced its model; before that it is not."""
+    settings = Settings(redis_url=redis_url, model=MODEL.name, ready_without_workers=True)
+    with TestClient(create_app(settings), base_url=BASE_URL) as c:
+        ready = c.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["workers_ready"] == 0
+        assert c.post("/restore", **request()).status_code == 202
+        redis.delete(MODELS_KEY)
+        time.sleep(1.1)  # the API caches the announced models for 1 s
+        assert c.get("/readyz").status_code == 503
 
 
 def test_no_announced_model_means_retry_later(client: TestClient, redis: Redis) -> None:

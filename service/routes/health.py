@@ -25,8 +25,9 @@ async def healthz() -> Health:
 
 @router.get("/readyz", responses={503: {"model": Readiness}})
 async def readyz(store: StoreDep, caller: OptionalCallerDep) -> JSONResponse:
-    """Ready when Redis answers and at least one worker has its model loaded. Worker names and
-    their problems are shown to callers with a key only."""
+    """Ready when Redis answers and at least one worker has its model loaded (or, with
+    DDNM_READY_WITHOUT_WORKERS, once any worker has announced a model). Worker names and their
+    problems are shown to callers with a key only."""
     try:
         await store.redis.ping()
         beats = await store.heartbeats()
@@ -37,15 +38,17 @@ async def readyz(store: StoreDep, caller: OptionalCallerDep) -> JSONResponse:
         )
         return JSONResponse(body.model_dump(mode="json"), 503)
     ready = sum(b.ready for b in beats)
-    problems = [] if ready else ["no worker with a loaded model"]
+    # workers that scale from zero start once jobs wait: the API must admit jobs meanwhile
+    admits = ready > 0 or (store.settings.ready_without_workers and bool(await store.models()))
+    problems = [] if admits else ["no worker with a loaded model"]
     workers = None
     if caller is not None:
         workers = [WorkerState.of(b) for b in beats]
         problems += [f"worker {b.worker}: {b.message}" for b in beats if not b.ready]
     body = Readiness(
-        ready=ready > 0, redis=True, workers_ready=ready, workers=workers, problems=problems
+        ready=admits, redis=True, workers_ready=ready, workers=workers, problems=problems
     )
-    return JSONResponse(body.model_dump(mode="json"), 200 if ready else 503)
+    return JSONResponse(body.model_dump(mode="json"), 200 if body.ready else 503)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
