@@ -19,5 +19,5 @@ RUN useradd --create-home --uid 10001 ddnm
 USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+    CMD ["python", "-m", "service.healthcheck"]
 CMD ["python", "-m", "service"]

@@ -4,6 +4,9 @@
 # BASE_IMAGE: a Python 3.11 image (default the pinned upstream one; any Debian with Python 3.11)
 ARG BASE_IMAGE=python:3.11.7-slim-bookworm
 FROM ${BASE_IMAGE}
+# PIP_FIND_LINKS: a URL of wheels that pip looks at besides PyPI, for a torch 2.13.0 build other
+# than PyPI's CUDA one (a CPU wheel, say: its local version, +cpu, wins); empty: PyPI's alone
+ARG PIP_FIND_LINKS=""
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -20,6 +23,8 @@ COPY ddnm ddnm
 COPY contract contract
 COPY pipeline pipeline
 COPY worker worker
+# `ddnm models pull`, for an init container that downloads the checkpoint
+COPY cli cli
 RUN pip install --no-cache-dir --no-deps . && pip check
 
 RUN useradd --create-home --uid 10001 ddnm && mkdir -p /models && chown ddnm /models
