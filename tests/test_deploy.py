@@ -167,6 +167,8 @@ def test_compose_and_manifests_agree(overlay: str) -> None:
         assert args[args.index("--appendonly") + 1] == "yes"
         assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
         assert "--maxmemory" in args
+    assert redis["image"] == COMPOSE["redis"]["image"]
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+-alpine", redis["image"])  # pinned
     url = urlsplit(environment(api, objects)["DDNM_REDIS_URL"] or "")
     redis_port = redis["ports"][0]["containerPort"]
     assert (url.hostname, url.port) == ("ddnm-redis", redis_port)
