@@ -1,4 +1,4 @@
-"""The steppable run and its drivers: `sample` as before bit for bit, `lockstep` of K runs as K
+"""The steppable run and its drivers: `sample` as before (bit for bit on the recording CPU),
 separate runs, per-run generators, the pin hook, and what a driver sees of a run."""
 
 from __future__ import annotations
@@ -28,14 +28,18 @@ from tests.data import record_closed_loop as recorded
 SCHEDULE = linear_schedule()
 
 
-def test_sample_reproduces_the_closed_loop_bit_for_bit() -> None:
+def test_sample_reproduces_the_closed_loop() -> None:
     """Outputs recorded from the loop that called the network itself (tests/data), reproduced
-    exactly by the run driven with `finish`: same arithmetic, same draw order."""
+    by the run driven with `finish`: same arithmetic, same draw order. Bit for bit on the CPU
+    that recorded them; another CPU's convolution kernels (oneDNN picks them by instruction set)
+    change the last float32 bits, which 20 steps grow to about 1e-6 of the output's range, so
+    the bound is 2e-5 of it: a changed draw order or formula moves outputs by their range."""
     stored = dict(np.load(REPO / "tests" / "data" / "closed_loop.npz"))
     outputs = recorded.record()
     assert sorted(outputs) == sorted(stored)
     for name, value in outputs.items():
-        assert np.array_equal(value, stored[name]), name
+        scale = float(np.abs(stored[name]).max())
+        np.testing.assert_allclose(value, stored[name], rtol=0, atol=2e-5 * scale, err_msg=name)
 
 
 def test_a_run_asks_once_per_denoising_transition_and_returns_x0() -> None:
