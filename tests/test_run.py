@@ -1,5 +1,6 @@
 """The steppable run and its drivers: `sample` as before (bit for bit on the recording CPU),
-separate runs, per-run generators, the pin hook, and what a driver sees of a run."""
+`lockstep` of K runs as K separate runs, per-run generators, the pin hook, and what a driver
+sees of a run."""
 
 from __future__ import annotations
 
