@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import io
-import json
 import os
 import subprocess
 import sys
@@ -25,10 +23,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 from cli.embedded import REPO, RedisServer, free_port, stop_processes, wait_for
 from tests.test_service_api import box_downsample, crop, png
+from tests.test_service_integration import result_image, submit, wait
 
 pytestmark = [
     pytest.mark.integration,
@@ -153,27 +151,11 @@ def restore_one(url: str) -> dict:
     """A 4x super-resolution job of a real photo through the API; the ended job."""
     x = crop()
     y = box_downsample(x, 4).round().astype(np.uint8)
-    spec = json.dumps(
-        {
-            "degradations": [{"op": "downsample", "factor": 4, "filter": "box"}],
-            "steps": 20,
-            "sigma_y": 0,
-        }
-    )
+    spec = {"degradations": [{"op": "downsample", "factor": 4, "filter": "box"}], "steps": 20}
     with httpx.Client(base_url=url, headers=AUTH, timeout=30.0) as client:
-        response = client.post(
-            "/restore", files={"image": ("y.png", png(y), "image/png")}, data={"spec": spec}
-        )
-        assert response.status_code == 202, response.text
-        job = response.json()
-        wait_for(
-            lambda: client.get(f"/jobs/{job['id']}").json()["status"] not in ("queued", "running"),
-            f"job {job['id']}",
-            120,
-        )
-        job = client.get(f"/jobs/{job['id']}").json()
+        job = wait(client, submit(client, {**spec, "sigma_y": 0}, png(y))["id"], timeout_s=120)
         assert job["status"] == "succeeded", job
-        result = np.asarray(Image.open(io.BytesIO(client.get(job["result_url"]).content)))
+        result = result_image(client, job)
     assert result.shape == (32, 32, 3)
     assert np.abs(box_downsample(result, 4) - y).max() <= 0.5 + 0.02  # A x = y, 8-bit rounding
     return job
