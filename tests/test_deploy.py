@@ -151,12 +151,14 @@ def test_compose_and_manifests_agree(overlay: str) -> None:
     assert healthcheck.url(Settings(host="0.0.0.0")) == "http://127.0.0.1:8000/healthz"
     assert container(api)["readinessProbe"]["httpGet"]["path"] == "/readyz"
     check = COMPOSE["worker"]["healthcheck"]
-    for probe in ("startupProbe", "livenessProbe"):
+    for probe in ("startupProbe", "readinessProbe"):
         assert container(worker)[probe]["exec"]["command"] == check["test"][1:]
-    liveness = container(worker)["livenessProbe"]
-    assert f"{liveness['periodSeconds']}s" == check["interval"]
-    assert f"{liveness['timeoutSeconds']}s" == check["timeout"]
-    assert liveness["failureThreshold"] == check["retries"]
+    # no liveness probe on a worker: its check asks Redis, whose restart must not restart them
+    assert "livenessProbe" not in container(worker)
+    readiness = container(worker)["readinessProbe"]
+    assert f"{readiness['periodSeconds']}s" == check["interval"]
+    assert f"{readiness['timeoutSeconds']}s" == check["timeout"]
+    assert readiness["failureThreshold"] == check["retries"]
     startup = container(worker)["startupProbe"]
     assert f"{startup['periodSeconds'] * startup['failureThreshold']}s" == check["start_period"]
     grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
