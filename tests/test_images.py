@@ -147,6 +147,12 @@ def ready_workers(url: str) -> list[dict]:
     return [w for w in response.json()["workers"] or [] if w["ready"]]
 
 
+def no_build_tools(image: str) -> bool:
+    """No compiler or make in the image (its pip installs are wheels only)."""
+    probe = "for tool in gcc cc c++ make ld; do command -v $tool; done; true"
+    return docker("run", "--rm", "--entrypoint=sh", image, "-c", probe) == ""
+
+
 def restore_one(url: str) -> dict:
     """A 4x super-resolution job of a real photo through the API; the ended job."""
     x = crop()
@@ -176,6 +182,7 @@ def test_the_api_image_serves_a_job_run_by_a_host_worker(api: str, redis_url: st
     assert docker("exec", name, "id", "-u") == "10001"
     no_torch = subprocess.run(["docker", "exec", name, "python", "-c", "import torch"], check=False)
     assert no_torch.returncode != 0  # the API image has no torch
+    assert no_build_tools(API_IMAGE)
     wait_for(lambda: health(name) == "healthy", "the API container's HEALTHCHECK", 60)
     # bound to 0.0.0.0 in its container, it refuses to run without keys
     port = str(free_port())
@@ -199,6 +206,7 @@ def test_the_worker_image_runs_a_job(api: str, worker_image: str, redis_url: str
         # the container's worker ran it: its log shows the job, its id is process 1's
         assert f"'{job['id']}'" in logs and job["worker"].endswith("-1")
         assert docker("exec", name, "id", "-u") == "10001"
+        assert no_build_tools(WORKER_IMAGE)
         pull = docker("exec", name, "ddnm", "models", "path", "ddnm-small-32")
         assert pull.endswith(".safetensors")
         wait_for(lambda: health(name) == "healthy", "the worker container's HEALTHCHECK", 60)
