@@ -118,6 +118,27 @@ def test_rendering_matches_kubectl_kustomize(overlay: str) -> None:
     assert theirs == rendered(overlay)
 
 
+def test_settings_carry_a_hash_of_their_content_in_their_name(tmp_path: Path) -> None:
+    """As kustomize names a generated ConfigMap, so that a changed setting rolls the pods that
+    read it: the API and the workers both refer to the suffixed name."""
+    objects = rendered("cpu")
+    (name,) = [n for kind, n in objects if kind == "ConfigMap"]
+    assert re.fullmatch(r"ddnm-settings-[0-9a-z]{10}", name)
+    for deployment in ("ddnm-api", "ddnm-worker"):
+        (source,) = container(objects["Deployment", deployment])["envFrom"]
+        assert source["configMapRef"]["name"] == name
+    # the suffix kubectl kustomize (v5.5.0) gives literals B=2, A=1; a changed value changes it
+    assert generated_name(tmp_path, ["B=2", "A=1"]) == "s-66h9cbh964"
+    assert generated_name(tmp_path, ["B=2", "A=2"]) != "s-66h9cbh964"
+
+
+def generated_name(folder: Path, literals: list[str]) -> str:
+    generator = {"configMapGenerator": [{"name": "s", "literals": literals}]}
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(generator))
+    (config_map,) = render(folder)
+    return config_map["metadata"]["name"]
+
+
 def environment(deployment: dict[str, Any], objects: dict) -> dict[str, str | None]:
     """Env names of the main container: its ConfigMaps' keys and its own entries (a Secret's
     value as None)."""
@@ -180,7 +201,7 @@ def test_compose_and_manifests_agree(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_scaledobject_reads_the_served_models_lists(overlay: str) -> None:
     objects = rendered(overlay)
-    model = objects["ConfigMap", "ddnm-settings"]["data"]["DDNM_MODEL"]
+    model = environment(objects["Deployment", "ddnm-worker"], objects)["DDNM_MODEL"]
     triggers = {t["name"]: t for t in objects["ScaledObject", "ddnm-worker"]["spec"]["triggers"]}
     assert {name: t["type"] for name, t in triggers.items()} == {
         "waiting": "redis",
@@ -197,10 +218,10 @@ def test_the_scaledobject_reads_the_served_models_lists(overlay: str) -> None:
 
 def test_gpu_workers_have_a_gpu_and_their_checkpoint_before_they_start() -> None:
     cpu, gpu = rendered("cpu"), rendered("gpu")
-    model = gpu["ConfigMap", "ddnm-settings"]["data"]["DDNM_MODEL"]
-    assert model == "imagenet-256-uncond"
-    assert cpu["ConfigMap", "ddnm-settings"]["data"]["DDNM_MODEL"] == Settings().model
     worker = gpu["Deployment", "ddnm-worker"]
+    model = environment(worker, gpu)["DDNM_MODEL"]
+    assert model == "imagenet-256-uncond"
+    assert environment(cpu["Deployment", "ddnm-worker"], cpu)["DDNM_MODEL"] == Settings().model
     assert container(worker)["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert environment(worker, gpu)["DDNM_DEVICE"] == "cuda"
     (pull,) = worker["spec"]["template"]["spec"]["initContainers"]
