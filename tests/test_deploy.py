@@ -65,10 +65,14 @@ def strict(schema: Any) -> Any:
 
 
 def scaledobject_schema() -> dict[str, Any]:
+    """The CRD's schema, strict, with apiVersion and kind required to be the CRD's."""
     documents = yaml.safe_load_all((REPO / "deploy/schemas/keda.sh_scaledobjects.yaml").read_text())
     (crd,) = [d for d in documents if d]
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
-    return strict(version["schema"]["openAPIV3Schema"])
+    (version,) = [v for v in crd["spec"]["versions"] if v["served"] and v["storage"]]
+    schema = strict(version["schema"]["openAPIV3Schema"])
+    schema["properties"]["apiVersion"]["const"] = f"{crd['spec']['group']}/{version['name']}"
+    schema["properties"]["kind"]["const"] = crd["spec"]["names"]["kind"]
+    return schema
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -97,6 +101,10 @@ def test_validation_refuses_what_a_cluster_would() -> None:
     scaled = copy.deepcopy(objects["ScaledObject", "ddnm-worker"])
     scaled["spec"]["cooldownPerod"] = scaled["spec"].pop("cooldownPeriod")
     with pytest.raises(jsonschema.ValidationError, match="cooldownPerod"):
+        jsonschema.validate(scaled, scaledobject_schema())
+    scaled = copy.deepcopy(objects["ScaledObject", "ddnm-worker"])
+    scaled["apiVersion"] = "keda.sh/v1beta1"
+    with pytest.raises(jsonschema.ValidationError, match="v1alpha1"):
         jsonschema.validate(scaled, scaledobject_schema())
     scaled = copy.deepcopy(objects["ScaledObject", "ddnm-worker"])
     scaled["spec"]["advanced"]["scalingModifiers"]["metricType"] = "Utilization"
