@@ -33,14 +33,15 @@ def test_sample_reproduces_the_closed_loop() -> None:
     """Outputs recorded from the loop that called the network itself (tests/data), reproduced
     by the run driven with `finish`: same arithmetic, same draw order. Bit for bit on the CPU
     that recorded them; another CPU's convolution kernels (oneDNN picks them by instruction set)
-    change the last float32 bits, which 20 steps grow to about 1e-6 of the output's range, so
-    the bound is 2e-5 of it: a changed draw order or formula moves outputs by their range."""
+    change the last float32 bits, which the steps grow to at most 1e-5 of an output's range
+    (measured on an AVX-512 FP16 CPU), so the bound is 1e-4 of it: a changed draw order or
+    formula moves outputs by their range."""
     stored = dict(np.load(REPO / "tests" / "data" / "closed_loop.npz"))
     outputs = recorded.record()
     assert sorted(outputs) == sorted(stored)
     for name, value in outputs.items():
         scale = float(np.abs(stored[name]).max())
-        np.testing.assert_allclose(value, stored[name], rtol=0, atol=2e-5 * scale, err_msg=name)
+        np.testing.assert_allclose(value, stored[name], rtol=0, atol=1e-4 * scale, err_msg=name)
 
 
 def test_a_run_asks_once_per_denoising_transition_and_returns_x0() -> None:

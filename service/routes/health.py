@@ -31,15 +31,17 @@ async def readyz(store: StoreDep, caller: OptionalCallerDep) -> JSONResponse:
     try:
         await store.redis.ping()
         beats = await store.heartbeats()
+        ready = sum(b.ready for b in beats)
         # workers that scale from zero start once jobs wait: the API must admit jobs meanwhile
-        on_demand = store.settings.ready_without_workers and bool(await store.models())
+        on_demand = (
+            not ready and store.settings.ready_without_workers and bool(await store.models())
+        )
     except RedisError as err:
         log.warning("readiness: job store unavailable: %r", err)
         body = Readiness(
             ready=False, redis=False, workers_ready=0, workers=None, problems=["redis unreachable"]
         )
         return JSONResponse(body.model_dump(mode="json"), 503)
-    ready = sum(b.ready for b in beats)
     admits = ready > 0 or on_demand
     problems = [] if admits else ["no worker with a loaded model"]
     workers = None
